@@ -241,3 +241,15 @@ def test_unknown_codec_is_a_usage_error(capsys):
         benchmark_compress.main(["mnist", "--codecs", "gzip,zip"])
     assert exc.value.code == 2
     assert "unknown codec(s) zip" in capsys.readouterr().err
+
+
+def test_reference_selection_flag(tmp_path, capsys):
+    write_mnist(str(tmp_path))
+    out_json = tmp_path / "ref.json"
+    rc, out, err = run(["mnist", "--data-root", str(tmp_path), "--experiments", "2",
+                        "--images", "1", "--selection", "reference", "--codecs", "gzip",
+                        "--out", str(out_json)], capsys)
+    assert rc == 0, err
+    result = json.loads(out_json.read_text())
+    assert result["selection"] == "reference"
+    assert result["indices"] == protocol.reference_benchmark_selection(120, 2, 1).tolist()
