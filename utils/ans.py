@@ -25,7 +25,9 @@ interval ``I = [2^32, 2^64)``; words are 32 bits.
 
 Renormalisation bound (why uint64 never overflows and one word suffices):
 
-* push(start, freq): if ``x >= freq * 2^(64-p)`` emit the low word and set
+* push(start, freq): if ``x >= freq * 2^(64-p)`` (tested as
+  ``x > freq * 2^(64-p) - 1`` so that freq = 2^p, a certain symbol, does not
+  overflow the bound) emit the low word and set
   ``x >>= 32``; afterwards ``x < 2^32 <= freq * 2^(64-p)`` (freq >= 1,
   p <= 32), so one word is always enough.  Then
   ``x' = (x // freq) * 2^p + x % freq + start``.  Upper bound:
@@ -100,13 +102,14 @@ def _bit_length(x):
 def _hash_words(seed, lane, index):
     """Deterministic pseudo-random 32-bit words from (seed, lane, index):
     a splitmix64 finalizer (uint64 arithmetic wraps by design)."""
-    z = (np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
-         + np.asarray(lane, dtype=np.uint64) * np.uint64(0xBF58476D1CE4E5B9)
-         + np.asarray(index, dtype=np.uint64) * np.uint64(0x94D049BB133111EB)
-         + np.uint64(0x2545F4914F6CDD1D))
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z = z ^ (z >> np.uint64(31))
+    with np.errstate(over="ignore"):
+        z = (np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+             + np.asarray(lane, dtype=np.uint64) * np.uint64(0xBF58476D1CE4E5B9)
+             + np.asarray(index, dtype=np.uint64) * np.uint64(0x94D049BB133111EB)
+             + np.uint64(0x2545F4914F6CDD1D))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
     return (z >> _WORD_BITS).astype(np.uint32)
 
 
@@ -133,7 +136,8 @@ class _MessageBase:
 
     def _push_step(self, x, start, freq):
         """Returns (new heads, mask of lanes that emitted their low word)."""
-        emit = x >= (freq << np.uint64(64 - self.precision))
+        # freq * 2^(64-p) - 1 wraps to 2^64 - 1 for freq = 2^p (never emit).
+        emit = x > (freq << np.uint64(64 - self.precision)) - np.uint64(1)
         x = np.where(emit, x >> _WORD_BITS, x)
         q = x // freq
         x = (q << np.uint64(self.precision)) + (x - q * freq) + start
@@ -456,8 +460,10 @@ class InterleavedMessage(_MessageBase):
         return _bit_length(self.head)
 
     def to_array(self):
-        """uint32 array: [magic, layout, precision, lanes, heads (lo, hi)..., stack...]."""
-        header = np.array([_MAGIC, _LAYOUT_INTERLEAVED, self.precision, self.lanes], dtype=np.uint32)
+        """uint32 array: [magic, layout, precision, lanes, stack length (lo, hi),
+        heads (lo, hi)..., stack...]."""
+        header = np.array([_MAGIC, _LAYOUT_INTERLEAVED, self.precision, self.lanes,
+                           self._top & 0xFFFFFFFF, self._top >> 32], dtype=np.uint32)
         heads = np.stack([self.head & _LOW_WORD, self.head >> _WORD_BITS], axis=1).astype(np.uint32).ravel()
         return np.concatenate([header, heads, self._buf[:self._top]])
 
@@ -471,13 +477,16 @@ class InterleavedMessage(_MessageBase):
             raise ValueError("not an interleaved message (bad header)")
         precision, lanes = int(arr[2]), int(arr[3])
         _check_precision(precision)
-        if lanes < 1 or arr.size < 4 + 2 * lanes:
+        if lanes < 1 or arr.size < 6 + 2 * lanes:
             raise ValueError("not a message: truncated header")
-        lohi = arr[4:4 + 2 * lanes].reshape(lanes, 2)
+        length = int(arr[4]) | (int(arr[5]) << 32)
+        lohi = arr[6:6 + 2 * lanes].reshape(lanes, 2)
         head = lohi[:, 0] | (lohi[:, 1] << _WORD_BITS)
         if (head < _HEAD_MIN).any():
             raise ValueError("not a message: a head is below 2^32")
-        return cls(head, arr[4 + 2 * lanes:].astype(np.uint32), precision, underflow_seed)
+        if arr.size != 6 + 2 * lanes + length:
+            raise ValueError("not a message: stack length does not match the data")
+        return cls(head, arr[6 + 2 * lanes:].astype(np.uint32), precision, underflow_seed)
 
     # ----- layout helpers used by the codecs -------------------------------------
     def to_steps(self, a):
