@@ -147,18 +147,28 @@ class _QuantizedCodec:
     K: int
 
     def __init__(self, shape, precision):
-        self.precision = ans._check_precision(precision)
-        if (1 << self.precision) < 2 * self.K:
-            raise ValueError(f"precision {precision} too small for {self.K} bins")
+        """``precision``: None adopts each message's precision; an integer
+        must match the message's (a mismatch would decode garbage)."""
+        self.fixed_precision = None if precision is None else ans._check_precision(precision)
         self.shape = tuple(shape)
-        self._scaled = float((1 << self.precision) - self.K)
-        self._total = 1 << self.precision
+        self.precision = None
         self._layout = None
+        if self.fixed_precision is not None:
+            self._set_precision(self.fixed_precision)
+
+    def _set_precision(self, precision):
+        if (1 << precision) < 2 * self.K:
+            raise ValueError(f"precision {precision} too small for {self.K} bins")
+        self.precision = precision
+        self._scaled = float((1 << precision) - self.K)
+        self._total = 1 << precision
 
     # -- layout: parameters rearranged into the message's step-major order --
     def _prepare(self, message):
+        if self.fixed_precision is not None and self.fixed_precision != message.precision:
+            raise ValueError(f"codec precision {self.fixed_precision} != message precision {message.precision}")
         if self.precision != message.precision:
-            raise ValueError(f"codec precision {self.precision} != message precision {message.precision}")
+            self._set_precision(message.precision)
         key = (type(message), message.lanes)
         if self._layout != key:
             self._to_steps(message)
@@ -243,7 +253,7 @@ class LogisticBins(_QuantizedCodec):
     bin indices 0..K-1 with the shape of the broadcast parameters.
     """
 
-    def __init__(self, mu, scale, endpoints, precision=ans.DEFAULT_PRECISION):
+    def __init__(self, mu, scale, endpoints, precision=None):
         self.bins = endpoints if isinstance(endpoints, Bins) else Bins(endpoints)
         self.K = self.bins.K
         self.mu, self.scale = _check_logistic_params(mu, scale)
@@ -316,7 +326,7 @@ class DiscretizedLogistic(_QuantizedCodec):
 
     K = 256
 
-    def __init__(self, mu, scale, precision=ans.DEFAULT_PRECISION):
+    def __init__(self, mu, scale, precision=None):
         self.mu, self.scale = _check_logistic_params(mu, scale)
         super().__init__(self.mu.shape, precision)
 
