@@ -1,7 +1,21 @@
 """Model-side probability math (torch) and the quantized codecs the coder uses.
 
+Owns: the torch log-densities the model trains with (``logistic_logp``,
+``discretized_logistic_logp``); numpy float64 ``logistic_cdf`` /
+``logistic_quantile``; the equal-mass prior bins ``prior_bins(quantbits)``;
+and the codecs ``LogisticBins`` (latents over per-dimension bins) and
+``DiscretizedLogistic`` (8-bit pixels) with ``.push(message, symbols)`` /
+``.pop(message)`` on both layouts of utils/ans.py.
+
 Pixels are 8-bit values scaled into [-1, 1] by (x - 127.5) / 127.5, so a pixel
 bin has width 2/255; the two edge bins absorb the tails (PixelCNN++ style).
+
+Invariant of the codecs: encoder and decoder form every integer CDF value
+with the same function, the same float64 inputs and the same elementwise
+numpy operations, so the integers agree bit for bit on one machine and numpy
+build.  (Across machines this relies on numpy's float64 exp being the same
+function on both; messages meant to travel between machines should be
+decoded by the same software stack that encoded them.)
 """
 import math
 
