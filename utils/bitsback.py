@@ -23,6 +23,8 @@ Invariant: the networks only ever see bin centres of latent symbols
 (float32) and pixel values 0..255 (float32); a latent symbol k of layer i
 stands for ``bins.centres[i, d, k]``.
 """
+import time
+
 import numpy as np
 import torch
 
@@ -47,15 +49,19 @@ class BitsBackCoder:
         self.zshape = tuple(model.zdim)
         self.zdim = int(np.prod(self.zshape))
         self.dims = int(np.prod(self.xs))
+        self.net_seconds = 0.0          # time spent in the networks (benchmarks)
 
     # ---- network calls (the only place torch is touched) ----------------------
     def _net(self, fn, i, given):
         """(mu, scale) float64 numpy (B, dims) and the torch pair (float32)."""
+        t0 = time.perf_counter()
         with torch.no_grad():
             mu, scale = fn(i, given)
         b = given.shape[0]
-        return (mu.reshape(b, -1).double().cpu().numpy(),
-                scale.reshape(b, -1).double().cpu().numpy(), mu, scale)
+        out = (mu.reshape(b, -1).double().cpu().numpy(),
+               scale.reshape(b, -1).double().cpu().numpy(), mu, scale)
+        self.net_seconds += time.perf_counter() - t0
+        return out
 
     def _x_tensor(self, x):
         return torch.as_tensor(np.asarray(x), dtype=torch.float32, device=self.device)
