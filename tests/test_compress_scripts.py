@@ -34,22 +34,22 @@ def args(tmp_path, params, nz, *extra):
 def test_mnist_outputs_metrics_and_protocol(tmp_path, capsys):
     test = write_mnist(str(tmp_path / "data"), n_test=30, n_train=2)
     _, params = make_checkpoint(tmp_path, "mnist", 2)
-    rc = main("mnist", args(tmp_path, params, 2, "--experiments", "3", "--images", "4",
+    rc = main("mnist", args(tmp_path, params, 2, "--experiments", "3", "--images", "3",
                             "--bitswap", "0"))
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "decoded and verified" in out and "cma@1" in out and "gap" in out
     prefix = tmp_path / "out" / "bbans_6bits"
     nets, elbos, cmas, total = (np.load(f"{prefix}_{k}.npy") for k in ("nets", "elbos", "cmas", "total"))
-    assert nets.shape == elbos.shape == cmas.shape == total.shape == (3, 4)
-    np.testing.assert_allclose(cmas, total / (1024 * np.arange(1, 5)))
+    assert nets.shape == elbos.shape == cmas.shape == total.shape == (3, 3)
+    np.testing.assert_allclose(cmas, total / (1024 * np.arange(1, 4)))
     summary = json.loads((tmp_path / "out" / "bbans_6bits_summary.json").read_text())
     assert summary["decoded"] and summary["scheme"] == "bbans"
     assert summary["summary"]["net"]["mean"] == pytest.approx(nets.mean())
     # the paper's selection: images are test images indices[e, j], padded to 32x32
     idx = np.array(summary["selection"])
-    np.testing.assert_array_equal(idx, protocol.select_experiments(30, 3, 4, 100))
-    assert len(np.unique(idx)) == 12 and test.shape == (30, 28, 28)
+    np.testing.assert_array_equal(idx, protocol.select_experiments(30, 3, 3, 100))
+    assert len(np.unique(idx)) == 9 and test.shape == (30, 28, 28)
 
 
 def test_cifar_no_decode(tmp_path, capsys):
@@ -65,7 +65,7 @@ def test_cifar_no_decode(tmp_path, capsys):
 
 def test_imagenetcrop_codes_blocks_of_cropped_photos(tmp_path, capsys):
     folder = tmp_path / "photos"
-    write_folder(str(folder), sizes=((70, 100), (64, 33), (40, 70)), gray=(40, 40), tiny=True,
+    write_folder(str(folder), sizes=((40, 70), (64, 33), (33, 40)), gray=(40, 40), tiny=True,
                  broken=False)
     _, params = make_checkpoint(tmp_path, "imagenetcrop", 1, xs=(3, 32, 32), zchannels=2,
                                 conditional_xscale=True)
@@ -73,8 +73,8 @@ def test_imagenetcrop_codes_blocks_of_cropped_photos(tmp_path, capsys):
                                    str(folder)))
     assert rc == 0, capsys.readouterr()
     cmas = np.load(tmp_path / "out" / "bitswap_6bits_cmas.npy")
-    # 70x100 -> 64x96: 6 blocks; 64x33 -> 64x32: 2 blocks; 40x70 -> 32x64: 2 blocks
-    assert sorted((~np.isnan(cmas)).sum(1).tolist()) == [2, 2, 6]
+    # 40x70 -> 32x64: 2 blocks; 64x33 -> 64x32: 2 blocks; 33x40 -> 32x32: 1 block
+    assert sorted((~np.isnan(cmas)).sum(1).tolist()) == [1, 2, 2]
 
 
 @pytest.mark.parametrize("case", ["checkpoint", "bins", "shape", "images"])
@@ -113,3 +113,22 @@ def test_split_across_processes_like_torchrun(tmp_path):
     nets = np.load(tmp_path / "out" / "bitswap_6bits_nets.npy")
     assert nets.shape == (3, 2) and np.isfinite(nets).all()
     assert not list((tmp_path / "out").glob("*part*"))
+
+
+def test_plot_script_writes_pngs(tmp_path, capsys):
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import plot_results
+    rng = np.random.default_rng(0)
+    for nz in (2, 4):
+        folder = tmp_path / f"mnist{nz}"
+        folder.mkdir()
+        for scheme, extra in (("bitswap", 1.0), ("bbans", 3.0 * nz)):
+            cmas = 1.0 + extra / np.arange(1, 11)[None] + 0.01 * rng.random((3, 10))
+            np.save(folder / f"{scheme}_10bits_cmas.npy", cmas)
+            np.save(folder / f"{scheme}_10bits_elbos.npy", np.full((3, 10), 1.0))
+            np.save(folder / f"{scheme}_10bits_terms.npy", np.full((3, 10, 1 + nz), 1.0 / (1 + nz)))
+    assert plot_results.main(["mnist", "--results", str(tmp_path), "--nz", "2,4"]) == 0
+    for name in ("mnist_cma.png", "mnist_layers.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_results.main(["mnist", "--results", str(tmp_path / "none"), "--nz", "2"]) == 2
+    assert "run mnist_compress.py first" in capsys.readouterr().err
