@@ -110,7 +110,8 @@ def learning_rate(cfg, step):
     after `decay_start`, never below `lr_min`."""
     if not cfg.schedule:
         return cfg.lr
-    return max(cfg.lr_min, cfg.lr * cfg.decay ** max(0, step - cfg.decay_start))
+    floor = min(cfg.lr_min, cfg.lr)  # an --lr below lr_min is simply not decayed
+    return max(floor, cfg.lr * cfg.decay ** max(0, step - cfg.decay_start))
 
 
 class EMA:
@@ -502,7 +503,7 @@ class Trainer:
                   f"{sum(p.numel() for p in self.model.parameters()):,} parameters, "
                   f"{per_epoch} steps/epoch of {cfg.batch} images on {dist.world_size} rank(s), "
                   f"device {self.device}, engine {dist.engine}")
-        stop = False
+        stop = args.max_steps is not None and self.step >= args.max_steps
         try:
             while self.epoch < cfg.epochs and not stop:
                 self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
