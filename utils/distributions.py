@@ -1,7 +1,21 @@
 """Model-side probability math (torch) and the quantized codecs the coder uses.
 
+Owns: the torch log-densities the model trains with (``logistic_logp``,
+``discretized_logistic_logp``); numpy float64 ``logistic_cdf`` /
+``logistic_quantile``; the equal-mass prior bins ``prior_bins(quantbits)``;
+and the codecs ``LogisticBins`` (latents over per-dimension bins) and
+``DiscretizedLogistic`` (8-bit pixels) with ``.push(message, symbols)`` /
+``.pop(message)`` on both layouts of utils/ans.py.
+
 Pixels are 8-bit values scaled into [-1, 1] by (x - 127.5) / 127.5, so a pixel
 bin has width 2/255; the two edge bins absorb the tails (PixelCNN++ style).
+
+Invariant of the codecs: encoder and decoder form every integer CDF value
+with the same function, the same float64 inputs and the same elementwise
+numpy operations, so the integers agree bit for bit on one machine and numpy
+build.  (Across machines this relies on numpy's float64 exp being the same
+function on both; messages meant to travel between machines should be
+decoded by the same software stack that encoded them.)
 """
 import math
 
@@ -92,26 +106,33 @@ def _as_float_array(name, a):
     return a
 
 
+# Scales below this are floored to it: 1/scale must stay finite (a subnormal
+# scale would make (mu - e) / scale = 0 * inf = NaN at an endpoint equal to
+# mu); at 1e-300 the distribution is already a point mass at every precision.
+MIN_SCALE = 1e-300
+
+
 def _check_logistic_params(mu, scale):
     mu = _as_float_array("mu", mu)
     scale = _as_float_array("scale", scale)
     if (scale <= 0).any():
         raise ValueError("scale must be > 0 everywhere")
-    mu, scale = np.broadcast_arrays(mu, scale)
+    mu, scale = np.broadcast_arrays(mu, np.maximum(scale, MIN_SCALE))
     return mu, scale
 
 
 class Bins:
-    """Validated inner bin endpoints, shape (rows, K-1) or (K-1,), plus the
-    cached shape analysis the pop's closed-form guess uses:
+    """Validated inner bin endpoints, shape (rows, K-1) or (K-1,), plus what
+    the codecs precompute from them once (build one per layer and reuse it):
 
-    * ``'equal_mass'``: every row is the equal-mass logistic prior grid
-      (endpoints = logit(k/K)): guess ``k = floor(sigmoid(t) * K)``;
-    * ``'uniform'``: every row is equally spaced: guess from (first, width);
-    * ``'general'``: sorted but irregular: vectorized search over the row.
-
-    The analysis only steers the guess; exactness comes from the integer
-    check against the actual endpoints.  Build one per layer and reuse it.
+    * ``padded``: each row as ``[-inf, e_1, ..., e_{K-1}, +inf]`` so that the
+      integer CDF needs no special cases at k = 0 and k = K;
+    * ``kind``, which only steers the pop's first guess (exactness comes from
+      the integer check against the actual endpoints):
+      ``'equal_mass'`` (every row is the logistic prior grid logit(k/K)):
+      guess ``floor(K * sigmoid(t))``; ``'uniform'`` (equally spaced rows):
+      guess from (first endpoint, width); ``'general'``: binary search of t
+      over the row.
     """
 
     def __init__(self, endpoints):
@@ -124,8 +145,9 @@ class Bins:
             raise ValueError("endpoints must be strictly increasing along each row")
         self.endpoints = np.ascontiguousarray(e)
         self.rows, self.K = e.shape[0], e.shape[1] + 1
-        self.flat = self.endpoints.ravel()
         K = self.K
+        inf = np.full((self.rows, 1), np.inf)
+        self.padded = np.ascontiguousarray(np.concatenate([-inf, e, inf], axis=1)).ravel()
         grid = logistic_quantile(np.arange(1, K) / K)
         width = (e[:, -1] - e[:, 0]) / max(K - 2, 1)
         if np.allclose(e, grid[None, :], rtol=0, atol=1e-9):
@@ -135,45 +157,86 @@ class Bins:
             self.kind = "uniform"
         else:
             self.kind = "general"
-        self.first = e[:, 0].copy()
-        self.inv_width = 1.0 / np.where(width > 0, width, 1.0)
+        # Guess for 'uniform': bin = floor((t - first) / width) + 1 = floor(t * a + b).
+        inv_width = 1.0 / np.where(width > 0, width, 1.0)
+        self.guess_a = inv_width
+        self.guess_b = 1.0 - e[:, 0] * inv_width
 
 
-class _QuantizedCodec:
-    """Shared push/pop driver.  Subclasses provide, in the message's
-    step-major flat layout: ``_cdf(k, ix)`` (int64 C(k) for elements ``ix``)
-    and ``_guess(cf, ix)`` (a candidate bin per element)."""
+PIXEL_BINS = Bins((2.0 * np.arange(1, 256) - 1.0) / 255.0 - 1.0)
 
-    K: int
 
-    def __init__(self, shape, precision):
-        self.precision = ans._check_precision(precision)
-        if (1 << self.precision) < 2 * self.K:
-            raise ValueError(f"precision {precision} too small for {self.K} bins")
-        self.shape = tuple(shape)
-        self._scaled = float((1 << self.precision) - self.K)
-        self._total = 1 << self.precision
+class LogisticBins:
+    """Logistic(mu, scale) quantized over per-dimension bins (latents).
+
+    ``mu``, ``scale``: numpy arrays broadcast together, last axis = dimension;
+    ``endpoints``: :class:`Bins` or an array (dims, K-1) (or (K-1,), shared)
+    of inner endpoints; outer bins are open to -inf / +inf.  Symbols are bin
+    indices 0..K-1 shaped like the broadcast parameters: (lanes, n) for a
+    :class:`utils.ans.Message`, any shape (coded flat, C order) for an
+    :class:`utils.ans.InterleavedMessage`.  ``precision``: None adopts the
+    message's; an integer must equal it.
+    """
+
+    def __init__(self, mu, scale, endpoints, precision=None):
+        self.bins = endpoints if isinstance(endpoints, Bins) else Bins(endpoints)
+        self.K = self.bins.K
+        self.mu, self.scale = _check_logistic_params(mu, scale)
+        if self.mu.ndim == 0:
+            raise ValueError("mu must have at least one axis (the dimension axis)")
+        if self.bins.rows not in (1, self.mu.shape[-1]):
+            raise ValueError(f"endpoints have {self.bins.rows} rows but the parameters have "
+                             f"{self.mu.shape[-1]} dimensions")
+        self.shape = self.mu.shape
+        self.fixed_precision = None if precision is None else ans._check_precision(precision)
+        self.precision = None
         self._layout = None
 
-    # -- layout: parameters rearranged into the message's step-major order --
+    # -- set-up for one message: precision constants, step-major parameters --
     def _prepare(self, message):
+        if self.fixed_precision is not None and self.fixed_precision != message.precision:
+            raise ValueError(f"codec precision {self.fixed_precision} != message precision {message.precision}")
         if self.precision != message.precision:
-            raise ValueError(f"codec precision {self.precision} != message precision {message.precision}")
+            p = message.precision
+            if (1 << p) < 2 * self.K:
+                raise ValueError(f"precision {p} too small for {self.K} bins")
+            self.precision = p
+            self._scaled = float((1 << p) - self.K)
+            self._total = 1 << p
         key = (type(message), message.lanes)
         if self._layout != key:
-            self._to_steps(message)
+            self._mu = message.to_steps(self.mu)[0]
+            self._inv_scale = message.to_steps(1.0 / self.scale)[0]
+            self._scale_s = message.to_steps(self.scale)[0]
+            if self.bins.rows == 1:
+                self._row = None
+                self._rowoff = 0
+            else:
+                row = np.broadcast_to(np.arange(self.bins.rows), self.shape)
+                self._row = message.to_steps(row)[0].astype(np.int64)
+                self._rowoff = self._row * (self.K + 1)
             self._layout = key
 
-    def _to_steps(self, message):
-        raise NotImplementedError
+    # -- the integer CDF: one code path for encoder and decoder --------------
+    def _cdf(self, k, ix):
+        """C(k) = floor(F(e_k) * (2^p - K)) + k (int64) for the step-major
+        elements ``ix``; ``k`` shaped (m,) or (2, m) (then rows k and k+1)."""
+        rowoff = self._rowoff if self._row is None else self._rowoff[ix]
+        z = self.bins.padded[k + rowoff]
+        np.subtract(self._mu[ix], z, out=z)
+        np.multiply(z, self._inv_scale[ix], out=z)
+        np.exp(z, out=z)                       # = (1 - F) / F; inf/0 at the padded ends
+        np.add(z, 1.0, out=z)
+        np.divide(self._scaled, z, out=z)      # F * (2^p - K), >= 0 so astype floors
+        return z.astype(np.int64) + k
 
     def _interval(self, k, ix):
-        lo = self._cdf(k, ix)
-        hi = self._cdf(k + 1, ix)
-        return lo, hi
+        c = self._cdf(np.stack([k, k + 1]), ix)
+        return c[0], c[1]
 
+    # -- push / pop -------------------------------------------------------------
     def push(self, message, symbols):
-        """Push ``symbols`` (same shape as the parameters) onto ``message``."""
+        """Push ``symbols`` (shaped like the parameters) onto ``message``."""
         symbols = np.asarray(symbols)
         if symbols.shape != self.shape:
             raise ValueError(f"symbols shape {symbols.shape} != parameter shape {self.shape}")
@@ -186,155 +249,98 @@ class _QuantizedCodec:
             raise ValueError(f"symbol out of support: symbols must lie in [0, {self.K - 1}]")
         self._prepare(message)
         s, n = message.to_steps(symbols.astype(np.int64))
-        lo, hi = self._interval(s, slice(None))
+        with np.errstate(over="ignore"):
+            lo, hi = self._interval(s, slice(None))
         message._push_steps(lo.astype(np.uint64), (hi - lo).astype(np.uint64), n)
 
     def pop(self, message):
         """Pop symbols shaped like the parameters from ``message``."""
         self._prepare(message)
         n = message.to_steps(np.empty(self.shape, dtype=np.int8))[1]
-        flat = message._pop_steps(n, self._lookup)
+        with np.errstate(over="ignore", divide="ignore"):
+            flat = message._pop_steps(n, self._lookup)
         return message.from_steps(flat, n, self.shape)
 
     def _lookup(self, sl, cf):
+        """Symbols, starts and freqs for the peeked ``cf`` of step ``sl``."""
         cf = cf.astype(np.int64)
         k = self._guess(cf, sl)
         lo, hi = self._interval(k, sl)
         bad = (cf < lo) | (cf >= hi)
         if bad.any():
             idx = np.flatnonzero(bad)
-            kk = self._search(cf[idx], k[idx], lo[idx], sl.start + idx)
-            k[idx] = kk
-            lo[idx], hi[idx] = self._interval(kk, sl.start + idx)
+            ix = idx + sl.start
+            k[idx] = kk = self._search(cf[idx], k[idx], lo[idx] > cf[idx], ix)
+            lo[idx], hi[idx] = self._interval(kk, ix)
         return k, lo.astype(np.uint64), (hi - lo).astype(np.uint64)
 
-    def _search(self, cf, k, lo_c, ix):
-        """Exact integer search: largest k with C(k) <= cf (C(lo) <= cf < C(hi))."""
-        below = cf < lo_c
-        lo = np.where(below, 0, k + 1)
-        hi = np.where(below, k, self.K)
-        # Try the neighbour first: most misses are off by one bin.
-        cand = np.where(below, k - 1, k + 1)
-        cand = np.clip(cand, 0, self.K - 1)
-        c_lo, c_hi = self._interval(cand, ix)
-        hit = (c_lo <= cf) & (cf < c_hi)
-        if hit.all():
-            return cand
-        rest = np.flatnonzero(~hit)
-        lo_r, hi_r, cf_r, ix_r = lo[rest], hi[rest], cf[rest], ix[rest]
-        while True:
-            active = hi_r - lo_r > 1
-            if not active.any():
-                break
-            mid = (lo_r + hi_r) // 2
-            ok = self._cdf(mid, ix_r) <= cf_r
-            lo_r = np.where(active & ok, mid, lo_r)
-            hi_r = np.where(active & ~ok, mid, hi_r)
-        cand[rest] = lo_r
-        return cand
-
-
-class LogisticBins(_QuantizedCodec):
-    """Logistic(mu, scale) quantized over per-dimension bins (latents).
-
-    ``mu``, ``scale``: arrays broadcast together, last axis = dimension;
-    ``endpoints``: :class:`Bins` or an array (dims, K-1) (or (K-1,) shared)
-    of inner endpoints; outer bins are open to -inf / +inf.  Symbols are
-    bin indices 0..K-1 with the shape of the broadcast parameters.
-    """
-
-    def __init__(self, mu, scale, endpoints, precision=ans.DEFAULT_PRECISION):
-        self.bins = endpoints if isinstance(endpoints, Bins) else Bins(endpoints)
-        self.K = self.bins.K
-        self.mu, self.scale = _check_logistic_params(mu, scale)
-        if self.mu.ndim == 0:
-            raise ValueError("mu must have at least one axis (the dimension axis)")
-        if self.bins.rows not in (1, self.mu.shape[-1]):
-            raise ValueError(f"endpoints have {self.bins.rows} rows but the parameters have "
-                             f"{self.mu.shape[-1]} dimensions")
-        super().__init__(self.mu.shape, precision)
-
-    def _to_steps(self, message):
-        self._mu = message.to_steps(self.mu)[0]
-        self._inv_scale = message.to_steps(1.0 / self.scale)[0]
-        self._scale_s = message.to_steps(self.scale)[0]
-        if self.bins.rows == 1:
-            self._row = None
-        else:
-            row = np.broadcast_to(np.arange(self.bins.rows), self.shape)
-            self._row = message.to_steps(row)[0].astype(np.int64)
-            self._rowoff = self._row * (self.K - 1)
-
-    def _cdf(self, k, ix):
-        K = self.K
-        j = np.clip(k - 1, 0, K - 2)
-        if self._row is not None:
-            j = j + self._rowoff[ix]
-        e = self.bins.flat[j]
-        z = (e - self._mu[ix]) * self._inv_scale[ix]
-        with np.errstate(over="ignore"):
-            F = 1.0 / (1.0 + np.exp(-z))
-        c = np.floor(F * self._scaled).astype(np.int64) + k
-        c = np.where(k <= 0, 0, c)
-        return np.where(k >= K, self._total, c)
-
     def _guess(self, cf, ix):
+        """Candidate bin from the logistic quantile of cf / 2^p (O(1))."""
         K = self.K
         u = (cf + 0.5) * (1.0 / self._total)
         t = self._mu[ix] + self._scale_s[ix] * np.log(u / (1.0 - u))
         kind = self.bins.kind
         if kind == "equal_mass":
-            with np.errstate(over="ignore"):
-                g = K / (1.0 + np.exp(-t))
+            g = K / (1.0 + np.exp(-t))
         elif kind == "uniform":
             if self._row is None:
-                g = (t - self.bins.first[0]) * self.bins.inv_width[0] + 1.0
+                g = t * self.bins.guess_a[0] + self.bins.guess_b[0]
             else:
                 r = self._row[ix]
-                g = (t - self.bins.first[r]) * self.bins.inv_width[r] + 1.0
+                g = t * self.bins.guess_a[r] + self.bins.guess_b[r]
         else:
             return self._float_search(t, ix)
-        return np.clip(g, 0, K - 1).astype(np.int64)
+        np.clip(g, 0, K - 1, out=g)            # clip in float: huge t must not wrap
+        return g.astype(np.int64)
 
     def _float_search(self, t, ix):
         """Bin of t by vectorized binary search over irregular endpoints."""
-        lo = np.zeros(t.shape, dtype=np.int64)            # bin index: e_lo <= t
+        lo = np.zeros(t.shape, dtype=np.int64)            # invariant: e_lo <= t < e_hi
         hi = np.full(t.shape, self.K, dtype=np.int64)
-        off = 0 if self._row is None else self._rowoff[ix]
+        off = self._rowoff if self._row is None else self._rowoff[ix]
         while (hi - lo > 1).any():
-            mid = (lo + hi) // 2
-            ok = self.bins.flat[off + mid - 1] <= t
+            mid = (lo + hi) >> 1
+            ok = self.bins.padded[off + mid] <= t
             lo = np.where(ok, mid, lo)
             hi = np.where(ok, hi, mid)
         return lo
 
+    def _search(self, cf, k, below, ix):
+        """Exact integer search for the guesses that missed: the k with
+        C(k) <= cf < C(k+1).  First the neighbour (most misses are one bin
+        off), then a window of 16 bins, then bisection of the whole range."""
+        K = self.K
+        cand = np.minimum(np.maximum(np.where(below, k - 1, k + 1), 0), K - 1)
+        c_lo, c_hi = self._interval(cand, ix)
+        miss = np.flatnonzero((cf < c_lo) | (cf >= c_hi))
+        if miss.size == 0:
+            return cand
+        cf_r, k_r, ix_r, below_r = cf[miss], k[miss], ix[miss], below[miss]
+        # Invariant C(lo) <= cf < C(hi); start from a window around the guess.
+        lo = np.where(below_r, np.maximum(k_r - 16, 0), k_r + 1)
+        hi = np.where(below_r, k_r, np.minimum(k_r + 17, K))
+        c = self._cdf(np.stack([lo, hi]), ix_r)
+        lo = np.where(c[0] <= cf_r, lo, 0)
+        hi = np.where(cf_r < c[1], hi, K)
+        while True:
+            active = hi - lo > 1
+            if not active.any():
+                break
+            mid = (lo + hi) >> 1
+            ok = self._cdf(mid, ix_r) <= cf_r
+            lo = np.where(ok, mid, lo)
+            hi = np.where(ok, hi, mid)
+        cand[miss] = lo
+        return cand
 
-class DiscretizedLogistic(_QuantizedCodec):
+
+class DiscretizedLogistic(LogisticBins):
     """Logistic(mu, scale) over the 256 pixel bins of width 2/255 in [-1, 1]
     (bin k centred at -1 + 2k/255; the edge bins absorb the tails).
-    Symbols are the 8-bit pixel values 0..255."""
+    Symbols are the 8-bit pixel values 0..255; parameters of any shape."""
 
-    K = 256
-
-    def __init__(self, mu, scale, precision=ans.DEFAULT_PRECISION):
-        self.mu, self.scale = _check_logistic_params(mu, scale)
-        super().__init__(self.mu.shape, precision)
-
-    def _to_steps(self, message):
-        self._mu = message.to_steps(self.mu)[0]
-        self._inv_scale = message.to_steps(1.0 / self.scale)[0]
-        self._scale_s = message.to_steps(self.scale)[0]
-
-    def _cdf(self, k, ix):
-        e = (2.0 * k - 1.0) * (1.0 / 255.0) - 1.0
-        z = (e - self._mu[ix]) * self._inv_scale[ix]
-        with np.errstate(over="ignore"):
-            F = 1.0 / (1.0 + np.exp(-z))
-        c = np.floor(F * self._scaled).astype(np.int64) + k
-        c = np.where(k <= 0, 0, c)
-        return np.where(k >= 256, self._total, c)
-
-    def _guess(self, cf, ix):
-        u = (cf + 0.5) * (1.0 / self._total)
-        t = self._mu[ix] + self._scale_s[ix] * np.log(u / (1.0 - u))
-        return np.clip((t + 1.0) * 127.5 + 0.5, 0, 255).astype(np.int64)
+    def __init__(self, mu, scale, precision=None):
+        mu, scale = _check_logistic_params(mu, scale)
+        if mu.ndim == 0:
+            mu, scale = mu[None], scale[None]
+        super().__init__(mu, scale, PIXEL_BINS, precision)
