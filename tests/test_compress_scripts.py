@@ -11,7 +11,7 @@ import torch
 
 from conftest import ROOT
 from test_benchmark_compress import write_cifar, write_folder, write_mnist
-from test_bitsback import tiny_model
+from test_bitsback import one_torch_thread, tiny_model  # noqa: F401 (autouse fixture)
 from utils import protocol
 from utils.bins import LatentBins
 from utils.experiment import main

@@ -9,7 +9,7 @@ from sklearn.preprocessing import KBinsDiscretizer
 
 import discretization
 from test_benchmark_compress import write_mnist
-from test_bitsback import blobs, tiny_model
+from test_bitsback import one_torch_thread, blobs, tiny_model  # noqa: F401 (autouse fixture)
 from utils.bins import BinsError, LatentBins, bins_paths
 from utils.distributions import prior_bins
 

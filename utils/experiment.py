@@ -70,7 +70,9 @@ def load_model(dataset, nz, params, device="cpu", width=None):
     with 'state_dict' (and optionally 'architecture')."""
     if not os.path.exists(params):
         raise BadInput(f"checkpoint {params} not found; train one with "
-                       f"`python model/{dataset}_train.py --nz {nz}` or pass --params")
+                       f"`python model/{dataset}_train.py --nz {nz}` and pass "
+                       f"--params runs/{dataset}_nz{nz}/model_best.pt (or put the authors' "
+                       f"checkpoint there)")
     try:
         ckpt = torch.load(params, map_location="cpu", weights_only=True)
     except Exception as exc:
