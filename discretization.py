@@ -1,0 +1,149 @@
+"""Derive the latent discretization bins of a trained model (DESIGN.md section 4).
+
+    python discretization.py mnist --nz 8 [--quantbits 10] [--params P] [--out bins]
+
+* top layer: 2^q bins of equal mass under the prior Logistic(0, 1);
+* lower layers: 30 * 2^q samples of every z_i from the generative model
+  (ancestral from the prior) pooled with 30 * 2^q from the inference model on
+  training images, then 2^q equal-width bins between each dimension's sample
+  min and max (scikit-learn KBinsDiscretizer, strategy 'uniform'); centre =
+  midpoint.  Only min and max matter for 'uniform', so they are tracked
+  while sampling (no need to hold the samples) and the discretizer is fitted
+  on those two rows: same edges as fitting on all samples.
+Writes ``{out}/{dataset}_nz{nz}_zendpoints{q}.pt`` and ``..._zcentres{q}.pt``
+(the authors' format, see utils/bins.py).  Exit status 2 on bad input.
+"""
+import argparse
+import os
+import sys
+import warnings
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from utils.bins import LatentBins  # noqa: E402
+from utils.distributions import prior_bins  # noqa: E402
+
+SAMPLES_PER_BIN = 30
+
+
+def _logistic(shape, generator, device):
+    u = torch.rand(shape, generator=generator, device=device).clamp_(1e-7, 1 - 1e-7)
+    return torch.log(u) - torch.log1p(-u)
+
+
+@torch.no_grad()
+def latent_ranges(model, train_images, samples, batch=256, seed=0, progress=True):
+    """Per layer and dimension (min, max) over ``samples`` generative and
+    ``samples`` inference draws; float64 arrays (nz, zdim) each."""
+    from tqdm import tqdm
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    nz, zdim = model.nz, int(np.prod(model.zdim))
+    lo = np.full((nz, zdim), np.inf)
+    hi = np.full((nz, zdim), -np.inf)
+
+    def update(i, z):
+        z = z.reshape(z.shape[0], -1).double().cpu().numpy()
+        np.minimum(lo[i], z.min(0), out=lo[i])
+        np.maximum(hi[i], z.max(0), out=hi[i])
+
+    model.eval()
+    steps = [(s, min(batch, samples - s)) for s in range(0, samples, batch)]
+    for _, b in tqdm(steps, desc="generative samples", disable=not progress):
+        z = _logistic((b,) + tuple(model.zdim), gen, device)
+        update(nz - 1, z)
+        for i in range(nz - 1, 0, -1):
+            mu, scale = model.generate(i, z)
+            z = mu + scale * _logistic(mu.shape, gen, device)
+            update(i - 1, z)
+    order = rng.permutation(np.resize(np.arange(len(train_images)), samples))
+    for start, b in tqdm(steps, desc="inference samples", disable=not progress):
+        x = torch.as_tensor(train_images[order[start:start + b]], dtype=torch.float32, device=device)
+        given = x
+        for i in range(nz):
+            mu, scale = model.infer(i, given)
+            given = mu + scale * _logistic(mu.shape, gen, device)
+            update(i, given)
+    return lo, hi
+
+
+def uniform_bins(lo, hi, quantbits):
+    """Equal-width bins between lo and hi per dimension (KBinsDiscretizer
+    'uniform'): (inner endpoints (zdim, K-1), centres (zdim, K))."""
+    from sklearn.preprocessing import KBinsDiscretizer
+    K = 1 << quantbits
+    hi = np.maximum(hi, lo + 1e-6)          # a constant dimension still needs K bins
+    kbd = KBinsDiscretizer(n_bins=K, encode="ordinal", strategy="uniform")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kbd.fit(np.stack([lo, hi]))
+    edges = np.stack(kbd.bin_edges_).astype(np.float64)         # (zdim, K + 1)
+    return edges[:, 1:-1], 0.5 * (edges[:, :-1] + edges[:, 1:])
+
+
+def derive_bins(model, train_images, quantbits=10, samples_per_bin=SAMPLES_PER_BIN,
+                batch=256, seed=0, progress=True):
+    """The bins of DESIGN.md section 4 for ``model`` as a LatentBins."""
+    nz, zdim = model.nz, int(np.prod(model.zdim))
+    K = 1 << quantbits
+    endpoints = np.empty((nz, zdim, K - 1))
+    centres = np.empty((nz, zdim, K))
+    e, c = prior_bins(quantbits)
+    endpoints[-1], centres[-1] = e, c
+    if nz > 1:
+        lo, hi = latent_ranges(model, train_images, samples_per_bin * K, batch, seed, progress)
+        for i in range(nz - 1):
+            endpoints[i], centres[i] = uniform_bins(lo[i], hi[i], quantbits)
+    return LatentBins(endpoints, centres)
+
+
+def main(argv=None):
+    from model.config import DATASETS
+    from utils.experiment import BadInput, load_model, pad_to_model
+    from utils.data import DataNotFoundError, load_images
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("dataset", choices=DATASETS)
+    p.add_argument("--nz", type=int, required=True)
+    p.add_argument("--quantbits", type=int, default=10)
+    p.add_argument("--params", default=None, help="checkpoint (default params/{dataset}/nz{nz})")
+    p.add_argument("--out", default="bins", help="directory for the bins files")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--samples-per-bin", type=int, default=SAMPLES_PER_BIN)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        if not 1 <= args.quantbits <= 16:
+            raise BadInput(f"--quantbits must be in [1, 16], got {args.quantbits}")
+        params = args.params or os.path.join("params", args.dataset, f"nz{args.nz}")
+        model = load_model(args.dataset, args.nz, params, args.device)
+        if args.dataset == "imagenetcrop":
+            raise BadInput("imagenetcrop bins: derive them from the 32x32 training patches "
+                           "(not implemented here); use the authors' bins files")
+        try:
+            train = pad_to_model(args.dataset, load_images(args.dataset, "train", args.data_root,
+                                                           download=args.download))
+        except DataNotFoundError as exc:
+            raise BadInput(str(exc)) from None
+        bins = derive_bins(model, train, args.quantbits, args.samples_per_bin, args.batch,
+                           args.seed, progress=not args.no_progress)
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    paths = bins.save(args.out, args.dataset)
+    print("wrote " + ", ".join(paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Process-group set-up for data-parallel training.
+
+Engines, chosen by `setup(enabled)`:
+  * single process (enabled False, or a world of one);
+  * Horovod, when `horovod.torch` imports (as in the paper);
+  * torch.distributed otherwise: NCCL on GPUs, gloo on CPU.
+Rank and world size come from the torch launcher (`torchrun`: RANK,
+WORLD_SIZE, LOCAL_RANK) or from Open MPI's environment (`mpiexec`:
+OMPI_COMM_WORLD_RANK/SIZE/LOCAL_RANK); the rendezvous address defaults to
+MASTER_ADDR=127.0.0.1, MASTER_PORT=29500 (set them for multi-node mpiexec).
+
+Invariant: every rank holds identical parameters; gradients are averaged in
+one flat all-reduce per step whose buffer also carries the loss and a stop
+flag, so all ranks agree on NaN detection and on when to stop.
+"""
+import os
+
+import torch
+import torch.distributed as tdist
+
+
+def _launcher_env():
+    """(rank, world_size, local_rank) from torchrun or Open MPI, else None."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    if "OMPI_COMM_WORLD_RANK" in env:
+        return (int(env["OMPI_COMM_WORLD_RANK"]), int(env["OMPI_COMM_WORLD_SIZE"]),
+                int(env.get("OMPI_COMM_WORLD_LOCAL_RANK", 0)))
+    if "PMI_RANK" in env and "PMI_SIZE" in env:  # MPICH / Intel MPI
+        return int(env["PMI_RANK"]), int(env["PMI_SIZE"]), int(env.get("MPI_LOCALRANKID", 0))
+    return None
+
+
+def _import_horovod():
+    try:
+        import horovod.torch as hvd
+    except Exception:  # ImportError, or a Horovod built against another torch
+        return None
+    return hvd
+
+
+class Distributed:
+    """Rank bookkeeping and the few collectives the training loop needs."""
+
+    def __init__(self, engine="none", rank=0, world_size=1, local_rank=0, hvd=None):
+        self.engine = engine
+        self.rank = rank
+        self.world_size = world_size
+        self.local_rank = local_rank
+        self._hvd = hvd
+
+    @property
+    def is_root(self):
+        return self.rank == 0
+
+    @property
+    def active(self):
+        return self.world_size > 1
+
+    def all_reduce_sum(self, tensor):
+        """In-place sum over ranks (no-op in a world of one)."""
+        if not self.active:
+            return tensor
+        if self.engine == "horovod":
+            self._hvd.allreduce_(tensor, op=self._hvd.Sum, name="flat")
+        else:
+            tdist.all_reduce(tensor, op=tdist.ReduceOp.SUM)
+        return tensor
+
+    def broadcast_(self, tensor, root=0):
+        if not self.active:
+            return tensor
+        if self.engine == "horovod":
+            self._hvd.broadcast_(tensor, root_rank=root)
+        else:
+            tdist.broadcast(tensor, src=root)
+        return tensor
+
+    def broadcast_module(self, module, root=0):
+        """Copy every parameter and buffer of `module` from rank `root`."""
+        with torch.no_grad():
+            for t in list(module.parameters()) + list(module.buffers()):
+                self.broadcast_(t.data, root)
+
+    def barrier(self):
+        if self.active and self.engine == "torch":
+            tdist.barrier()
+        elif self.active and self.engine == "horovod":
+            self._hvd.allreduce(torch.zeros(1), name="barrier")
+
+    def shutdown(self):
+        if self.engine == "torch" and tdist.is_initialized():
+            tdist.destroy_process_group()
+        elif self.engine == "horovod":
+            self._hvd.shutdown()
+
+
+def setup(enabled, use_cuda=False):
+    """Join the process group when `enabled` (the --dist flag)."""
+    if not enabled:
+        return Distributed()
+    hvd = _import_horovod()
+    if hvd is not None:
+        hvd.init()
+        return Distributed("horovod", hvd.rank(), hvd.size(), hvd.local_rank(), hvd)
+    launched = _launcher_env()
+    if launched is None:
+        raise RuntimeError("--dist=1 but no launcher found: start with `torchrun --nproc_per_node=N "
+                           "...` or `mpiexec -np N ...` (or pass --dist=0)")
+    rank, world, local = launched
+    if world == 1:
+        return Distributed("none", 0, 1, 0)
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    backend = "nccl" if use_cuda else "gloo"
+    tdist.init_process_group(backend, init_method="env://", rank=rank, world_size=world)
+    return Distributed("torch", rank, world, local)

@@ -1,0 +1,593 @@
+"""Training and evaluation loop shared by the four per-dataset scripts.
+
+Owns: the command line (`parse_args`), checkpoints (`save_checkpoint`,
+`load_checkpoint`, atomic), the EMA of the weights, the learning-rate
+schedule, evaluation, logging, and `main(dataset, argv)`.
+
+Semantics (DESIGN.md section 3): data-dependent init on `init_batches`
+stacked batches (rank 0's, broadcast), Adam, lr = max(lr_min, lr * decay^t)
+with t the number of steps since `decay_start`, gradient-norm clipping,
+free bits per latent layer and channel, evaluation of the test ELBO (plain,
+no free bits) with EMA weights every `interval` epochs, best kept.
+
+EMA: shadow = 0.999 * shadow + 0.001 * param after every step. (The
+reference's EMA multiplies the NEW value by 0.999 and the shadow by 0.001, so
+its "EMA" weights are practically the current weights; this is the correct
+average.)
+
+Files under --out:
+  checkpoint.pt   full training state (model, EMA, optimizer, step, epoch,
+                  position in the epoch, RNG states): --resume continues
+                  exactly, bit for bit on the same machine and world size;
+  model_best.pt   EMA weights with the best test ELBO, as a plain state dict
+                  in the authors' layout (`torch.save(model.state_dict())`);
+  model_last.pt   EMA weights at the last checkpoint, same format.
+All written to a temporary file and renamed, so a run killed at any moment
+leaves the previous files intact. Only rank 0 writes or logs.
+"""
+import argparse
+import copy
+import hashlib
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from model import distributed
+from model.config import config_for
+from model.hvae import HVAE
+
+CHECKPOINT_FORMAT = "bitswap-train-1"
+
+
+class TrainingError(RuntimeError):
+    """A run cannot start or continue; the message says why (no traceback)."""
+
+
+# ---- command line ---------------------------------------------------------
+def parse_args(dataset, argv=None):
+    p = argparse.ArgumentParser(
+        prog=f"{dataset}_train.py",
+        description=f"Train the Bit-Swap hierarchical VAE on {dataset} (defaults: the paper's).")
+    a = p.add_argument
+    a("--nz", type=int, help="number of latent layers")
+    a("--width", type=int, help="channels of every convolution (default: paper's for --nz)")
+    a("--zchannels", type=int, help="channels per latent layer")
+    a("--nprocessing", type=int, help="5x5 residual layers at the pixel side")
+    a("--blocks", type=int, help="residual layers dealt over the latent layers (resdepth)")
+    a("--dropout", type=float)
+    a("--kernel", type=int, help="kernel size of the latent-side convolutions")
+    a("--batch", type=int, help="global batch size, split over the ranks")
+    a("--lr", type=float)
+    a("--decay", type=float, help="learning-rate decay factor per step")
+    a("--schedule", type=int, choices=(0, 1), help="apply the learning-rate decay (1) or not (0)")
+    a("--epochs", type=int)
+    a("--interval", type=int, help="evaluate with EMA weights every N epochs")
+    a("--seed", type=int)
+    a("--init-batches", type=int, dest="init_batches",
+      help="batches stacked for the data-dependent init")
+    a("--dist", type=int, default=0, choices=(0, 1),
+      help="1: data-parallel over the ranks of mpiexec/torchrun (Horovod if installed)")
+    a("--gpu", type=int, default=None, help="CUDA device index (default: local rank)")
+    a("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    a("--data-root", default="data", help="folder holding the datasets (see utils/data.py)")
+    a("--download", action="store_true", help="download MNIST / CIFAR-10 through torchvision")
+    a("--out", default=None, help="checkpoint directory (default: runs/<dataset>_nz<nz>)")
+    a("--resume", default=None,
+      help="checkpoint.pt (or its folder) to continue, or a plain state dict (e.g. the "
+           "authors' released model) to start from")
+    a("--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps")
+    a("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    a("--checkpoint-minutes", type=float, default=30.0,
+      help="also checkpoint every this many minutes within an epoch")
+    a("--log-dir", default=None, help="TensorBoard folder (default: <out>/logs)")
+    a("--log-every", type=int, default=50, help="steps between TensorBoard scalars")
+    a("--workers", type=int, default=None, help="data-loader workers (default 0 on CPU, 4 on GPU)")
+    a("--threads", type=int, default=None, help="torch CPU threads per process")
+    a("--no-progress", action="store_true", help="no tqdm progress bar")
+    args = p.parse_args(argv)
+    cfg = config_for(dataset, nz=args.nz, width=args.width, zchannels=args.zchannels,
+                     nprocessing=args.nprocessing, blocks=args.blocks, dropout=args.dropout,
+                     kernel=args.kernel, batch=args.batch, lr=args.lr, decay=args.decay,
+                     schedule=None if args.schedule is None else bool(args.schedule),
+                     epochs=args.epochs, interval=args.interval, seed=args.seed,
+                     init_batches=args.init_batches)
+    if args.out is None:
+        args.out = os.path.join("runs", f"{dataset}_nz{cfg.nz}")
+    if args.log_dir is None:
+        args.log_dir = os.path.join(args.out, "logs")
+    return cfg, args
+
+
+# ---- schedule, EMA --------------------------------------------------------
+def learning_rate(cfg, step):
+    """lr used for step `step` (0-based): decayed once per completed step
+    after `decay_start`, never below `lr_min`."""
+    if not cfg.schedule:
+        return cfg.lr
+    floor = min(cfg.lr_min, cfg.lr)  # an --lr below lr_min is simply not decayed
+    return max(floor, cfg.lr * cfg.decay ** max(0, step - cfg.decay_start))
+
+
+class EMA:
+    """shadow = decay * shadow + (1 - decay) * param, for every parameter."""
+
+    def __init__(self, model, decay):
+        self.decay = decay
+        self.shadow = {k: p.detach().clone() for k, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model):
+        for k, p in model.named_parameters():
+            self.shadow[k].mul_(self.decay).add_(p.detach(), alpha=1.0 - self.decay)
+
+    def state_dict_of(self, model):
+        """model.state_dict() with the parameters replaced by their averages."""
+        sd = model.state_dict()
+        return {k: self.shadow.get(k, v).detach().clone() for k, v in sd.items()}
+
+
+# ---- checkpoints ----------------------------------------------------------
+def atomic_save(obj, path):
+    """torch.save to a temporary file in the same folder, then rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def rng_state():
+    state = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(),
+                 python=random.getstate())
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _describe(arch):
+    return ", ".join(f"{k}={v}" for k, v in arch.items())
+
+
+def check_architecture(saved, model, path):
+    want = model.architecture()
+    if saved != want:
+        raise TrainingError(f"{path} was trained with {_describe(saved)}; this run has "
+                            f"{_describe(want)} (pass the same --nz/--width/... or another --out)")
+
+
+def load_weights(model, state_dict, path):
+    """Load a plain state dict (authors' layout), with a clear error when
+    its keys or shapes belong to another configuration."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    extra = [k for k in state_dict if k not in own]
+    wrong = [k for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    if missing or extra or wrong:
+        detail = []
+        if wrong:
+            k = wrong[0]
+            detail.append(f"{k} has shape {tuple(state_dict[k].shape)}, expected {tuple(own[k].shape)}")
+        if missing:
+            detail.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if extra:
+            detail.append(f"{len(extra)} unexpected keys (e.g. {extra[0]})")
+        raise TrainingError(f"{path} does not fit this model ({_describe(model.architecture())}): "
+                            + "; ".join(detail))
+    model.load_state_dict(state_dict)
+
+
+def load_checkpoint(path):
+    if os.path.isdir(path):
+        path = os.path.join(path, "checkpoint.pt")
+    if not os.path.isfile(path):
+        raise TrainingError(f"--resume: no checkpoint at {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise TrainingError(f"--resume: cannot read {path}: {e}") from None
+    return path, obj
+
+
+# ---- data ---------------------------------------------------------------
+class EpochSampler(torch.utils.data.Sampler):
+    """This rank's shard of a seeded permutation of the dataset, one per
+    epoch, starting `skip` batches in (for exact resumption)."""
+
+    def __init__(self, n, batch, rank, world, seed):
+        self.n, self.batch, self.rank, self.world, self.seed = n, batch, rank, world, seed
+        self.epoch, self.skip = 0, 0
+        self.batches_per_epoch = n // (batch * world)
+
+    def set_epoch(self, epoch, skip_batches=0):
+        self.epoch, self.skip = epoch, skip_batches
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g)
+        used = self.batches_per_epoch * self.batch * self.world
+        mine = perm[:used][self.rank::self.world]
+        return iter(mine[self.skip * self.batch:].tolist())
+
+    def __len__(self):
+        return (self.batches_per_epoch - self.skip) * self.batch
+
+
+def _epoch_aware(dataset, epoch):
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+
+
+# ---- evaluation and logging -----------------------------------------------
+@torch.no_grad()
+def evaluate(model, dataset, batch, device, dist, workers):
+    """Test ELBO (bits/dim, no free bits) of `model`, averaged over the whole
+    test set (each rank takes every world-th image, sums are all-reduced)."""
+    model.eval()
+    shard = Subset(dataset, range(dist.rank, len(dataset), dist.world_size))
+    loader = DataLoader(shard, batch_size=batch, shuffle=False, num_workers=workers,
+                        generator=torch.Generator().manual_seed(0))
+    totals = torch.zeros(3 + 2 * model.nz, dtype=torch.float64)
+    for x, _ in loader:
+        x = x.to(device)
+        _, t = model(x)
+        n = x.shape[0]
+        totals[0] += n
+        totals[1] += t["elbo"].item() * n
+        totals[2] += t["recon"].item() * n
+        totals[3:3 + model.nz] += t["kl"].double().cpu() * n
+        totals[3 + model.nz:] += t["enc"].double().cpu() * n
+    dist.all_reduce_sum(totals)
+    n = max(totals[0].item(), 1.0)
+    return dict(elbo=totals[1].item() / n, recon=totals[2].item() / n,
+                kl=(totals[3:3 + model.nz] / n).tolist())
+
+
+def _image_grid(images, nrow=8):
+    """(N, C, H, W) floats 0..255 -> (C, H', W') uint8 grid for TensorBoard."""
+    from torchvision.utils import make_grid
+    return make_grid(images.cpu() / 255.0, nrow=nrow, padding=2).clamp(0, 1)
+
+
+class Logger:
+    """TensorBoard (tensorboardX) on rank 0; silent elsewhere."""
+
+    def __init__(self, log_dir, enabled):
+        self.writer = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+            self.writer = SummaryWriter(log_dir)
+
+    def scalars(self, step, prefix, values):
+        if self.writer is None:
+            return
+        for k, v in values.items():
+            if isinstance(v, (list, tuple)):
+                for i, vi in enumerate(v):
+                    self.writer.add_scalar(f"{prefix}/{k}_layer{i + 1}", vi, step)
+            else:
+                self.writer.add_scalar(f"{prefix}/{k}", v, step)
+
+    def images(self, step, tag, images):
+        if self.writer is not None:
+            self.writer.add_image(tag, _image_grid(images), step)
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
+# ---- the loop -------------------------------------------------------------
+def pick_device(choice, gpu, local_rank):
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda":
+        choice = f"cuda:{gpu if gpu is not None else local_rank}"
+    try:
+        device = torch.device(choice)
+    except RuntimeError as e:
+        raise TrainingError(f"--device: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device: CUDA requested but not available")
+    return device
+
+
+class Trainer:
+    """One training run; `run()` returns the best test ELBO seen."""
+
+    def __init__(self, cfg, args, dist):
+        from utils.data import training_datasets
+        self.cfg, self.args, self.dist = cfg, args, dist
+        self.device = pick_device(args.device, args.gpu, dist.local_rank)
+        if cfg.batch % dist.world_size:
+            raise TrainingError(f"--batch {cfg.batch} is not divisible by the {dist.world_size} ranks")
+        self.batch = cfg.batch // dist.world_size
+        self.workers = args.workers if args.workers is not None else (4 if self.device.type == "cuda" else 0)
+        self.train_set, self.test_set = training_datasets(cfg.dataset, args.data_root, args.download)
+        if len(self.train_set) < cfg.batch:
+            raise TrainingError(f"the training set has {len(self.train_set)} images, fewer than "
+                                f"one batch of {cfg.batch}")
+        torch.manual_seed(cfg.seed)  # same initial weights everywhere (and broadcast anyway)
+        self.model = HVAE.from_config(cfg).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.sampler = EpochSampler(len(self.train_set), self.batch, dist.rank,
+                                    dist.world_size, cfg.seed)
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.best_elbo = math.inf
+        self.ema = None
+        self.out = args.out
+        self.ckpt_path = os.path.join(self.out, "checkpoint.pt")
+
+    # -- start ----------------------------------------------------------
+    def start(self):
+        args = self.args
+        resumed = False
+        if args.resume:
+            path, obj = load_checkpoint(args.resume)
+            if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+                check_architecture(obj["architecture"], self.model, path)
+                self.model.load_state_dict(obj["model"])
+                self.optimizer.load_state_dict(obj["optimizer"])
+                self.ema = EMA(self.model, self.cfg.ema_decay)
+                for k, v in obj["ema"].items():
+                    self.ema.shadow[k].copy_(v)
+                self.step, self.epoch = obj["step"], obj["epoch"]
+                self.batch_in_epoch, self.best_elbo = obj["batch_in_epoch"], obj["best_elbo"]
+                rng = obj["rng"][self.dist.rank] if self.dist.rank < len(obj["rng"]) else None
+                if rng is not None and len(obj["rng"]) == self.dist.world_size:
+                    set_rng_state(rng)
+                else:
+                    torch.manual_seed(self.cfg.seed + 7919 * self.dist.rank + self.step)
+                resumed = True
+                self._say(f"resumed {path} at epoch {self.epoch}, step {self.step}")
+            elif isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+                load_weights(self.model, obj, path)
+                self._say(f"starting from the weights in {path}")
+            else:
+                raise TrainingError(f"--resume: {path} is neither a training checkpoint nor a state dict")
+        else:
+            self._data_dependent_init()
+        if not resumed:
+            self.dist.broadcast_module(self.model)
+            self.ema = EMA(self.model, self.cfg.ema_decay)
+            # dropout and latent noise differ per rank, reproducibly
+            torch.manual_seed(self.cfg.seed + 7919 * self.dist.rank)
+
+    def _data_dependent_init(self):
+        n = min(self.cfg.init_batches * self.batch, len(self.train_set))
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        idx = torch.randperm(len(self.train_set), generator=g)[:n].tolist()
+        x = torch.stack([self.train_set[i][0] for i in idx]).to(self.device)
+        self.model.initialize(x)
+
+    # -- checkpoints ----------------------------------------------------
+    def _gather_rng(self):
+        """Every rank's RNG state (rank 0 stores them all)."""
+        own = rng_state()
+        if not self.dist.active:
+            return [own]
+        if self.dist.engine == "torch":
+            states = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(states, own)
+            return states
+        return [own] if self.dist.is_root else []  # Horovod: rank 0's only
+
+    def parameter_digest(self):
+        """sha256 of all parameters (model and EMA), to compare ranks."""
+        h = hashlib.sha256()
+        for t in list(self.model.parameters()) + list(self.ema.shadow.values()):
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def check_ranks_in_sync(self):
+        """Compare every rank's parameters with rank 0's (bitwise)."""
+        if not self.dist.active:
+            return
+        flat = torch.cat([p.detach().reshape(-1) for p in self.model.parameters()])
+        root = flat.clone()
+        self.dist.broadcast_(root)
+        differs = torch.tensor([float(not torch.equal(flat, root))], device=flat.device)
+        self.dist.all_reduce_sum(differs)
+        if differs.item() > 0:
+            raise TrainingError(f"parameters differ between ranks at step {self.step} "
+                                f"({int(differs.item())} rank(s) diverged from rank 0)")
+
+    def save(self):
+        self.check_ranks_in_sync()
+        rngs = self._gather_rng()
+        if not self.dist.is_root:
+            return
+        obj = dict(format=CHECKPOINT_FORMAT, config=self.cfg.to_dict(),
+                   architecture=self.model.architecture(), model=self.model.state_dict(),
+                   ema=self.ema.shadow, optimizer=self.optimizer.state_dict(), step=self.step,
+                   epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
+                   best_elbo=self.best_elbo, rng=rngs, world_size=self.dist.world_size)
+        atomic_save(obj, self.ckpt_path)
+        atomic_save(self.ema.state_dict_of(self.model), os.path.join(self.out, "model_last.pt"))
+
+    def _check_out_dir(self):
+        """Refuse to overwrite another run's checkpoint unless resuming it."""
+        if not self.args.resume and os.path.exists(self.ckpt_path):
+            raise TrainingError(f"{self.ckpt_path} exists: pass --resume {self.out} to continue "
+                                f"it, or choose another --out")
+
+    # -- one step -------------------------------------------------------
+    def _train_step(self, x, stop_request):
+        cfg = self.cfg
+        lr = learning_rate(cfg, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        objective, terms = self.model(x, free_bits=cfg.free_bits)
+        self.optimizer.zero_grad(set_to_none=False)
+        objective.backward()
+        params = [p for p in self.model.parameters()]
+        stats = torch.stack([objective.detach(), terms["elbo"].detach(),
+                             terms["recon"].detach()]).float()
+        flat = torch.cat([p.grad.reshape(-1) for p in params] +
+                         [stats, terms["kl"].detach().float(),
+                          torch.tensor([float(stop_request)], device=stats.device)])
+        if self.dist.active:
+            self.dist.all_reduce_sum(flat)
+            flat /= self.dist.world_size
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad.copy_(flat[offset:offset + n].view_as(p))
+            offset += n
+        tail = flat[offset:].cpu()
+        objective_mean = tail[0].item()
+        if not math.isfinite(objective_mean):
+            raise TrainingError(f"the loss became {objective_mean} at step {self.step} (epoch "
+                                f"{self.epoch}); stopping. The last good checkpoint is kept at "
+                                f"{self.ckpt_path}; try a lower --lr")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip).item()
+        self.optimizer.step()
+        self.ema.update(self.model)
+        self.step += 1
+        self.batch_in_epoch += 1
+        return dict(objective=objective_mean, elbo=tail[1].item(), recon=tail[2].item(),
+                    kl=tail[3:3 + self.model.nz].tolist(), lr=lr, grad_norm=grad_norm), \
+            tail[-1].item() > 0
+
+    # -- evaluation -----------------------------------------------------
+    def _evaluate_and_keep_best(self, logger):
+        eval_model = copy.deepcopy(self.model)
+        eval_model.load_state_dict(self.ema.state_dict_of(self.model))
+        result = evaluate(eval_model, self.test_set, self.batch, self.device, self.dist, self.workers)
+        logger.scalars(self.step, "test", result)
+        if self.dist.is_root:
+            x = torch.stack([self.test_set[i][0] for i in range(min(8, len(self.test_set)))])
+            x = x.to(self.device)
+            logger.images(self.step, "test/reconstructions",
+                          torch.cat([x, eval_model.reconstruct(x)]))
+            logger.images(self.step, "test/samples", eval_model.sample(
+                16, generator=torch.Generator(self.device).manual_seed(0)))
+        improved = result["elbo"] < self.best_elbo
+        if improved:
+            self.best_elbo = result["elbo"]
+            if self.dist.is_root:
+                atomic_save(eval_model.state_dict(), os.path.join(self.out, "model_best.pt"))
+        return result, improved
+
+    # -- main loop ------------------------------------------------------
+    def run(self):
+        from tqdm import tqdm
+        cfg, args, dist = self.cfg, self.args, self.dist
+        self._check_out_dir()
+        self.start()
+        logger = Logger(args.log_dir, dist.is_root)
+        t0 = last_ckpt = time.time()
+        per_epoch = self.sampler.batches_per_epoch
+        self._say(f"{cfg.dataset}: nz={cfg.nz} width={cfg.width} zchannels={cfg.zchannels}, "
+                  f"{sum(p.numel() for p in self.model.parameters()):,} parameters, "
+                  f"{per_epoch} steps/epoch of {cfg.batch} images on {dist.world_size} rank(s), "
+                  f"device {self.device}, engine {dist.engine}")
+        stop = args.max_steps is not None and self.step >= args.max_steps
+        try:
+            while self.epoch < cfg.epochs and not stop:
+                self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
+                _epoch_aware(self.train_set, self.epoch)
+                # an own generator: creating the loader must not draw from the
+                # global RNG, or a resumed run would diverge
+                loader = DataLoader(self.train_set, batch_size=self.batch, sampler=self.sampler,
+                                    num_workers=self.workers, drop_last=True,
+                                    generator=torch.Generator().manual_seed(cfg.seed + self.epoch),
+                                    pin_memory=self.device.type == "cuda")
+                bar = tqdm(loader, total=len(loader), desc=f"epoch {self.epoch + 1}",
+                           disable=not dist.is_root or args.no_progress, leave=False)
+                sums, count = np.zeros(2), 0
+                for x, _ in bar:
+                    x = x.to(self.device, non_blocking=True)
+                    want_stop = ((args.max_steps is not None and self.step + 1 >= args.max_steps) or
+                                 (args.max_minutes is not None and
+                                  time.time() - t0 >= 60 * args.max_minutes))
+                    stats, stop = self._train_step(x, want_stop)
+                    sums += (stats["elbo"], stats["objective"])
+                    count += 1
+                    bar.set_postfix(elbo=f"{stats['elbo']:.3f}", lr=f"{stats['lr']:.2e}")
+                    if self.step % args.log_every == 0:
+                        logger.scalars(self.step, "train", stats)
+                    if stop:
+                        break
+                    if time.time() - last_ckpt >= 60 * args.checkpoint_minutes:
+                        self.save()
+                        last_ckpt = time.time()
+                bar.close()
+                if stop:
+                    break
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                line = (f"epoch {self.epoch} step {self.step}: train elbo "
+                        f"{sums[0] / max(count, 1):.4f} bits/dim, objective "
+                        f"{sums[1] / max(count, 1):.4f}, lr {learning_rate(cfg, self.step):.2e}, "
+                        f"{time.time() - t0:.0f}s")
+                if self.epoch % cfg.interval == 0:
+                    result, improved = self._evaluate_and_keep_best(logger)
+                    line += f", test elbo (EMA) {result['elbo']:.4f}" + (" best" if improved else "")
+                self._say(line)
+                self.save()
+                last_ckpt = time.time()
+            self.save()
+            if self.dist.active:  # every rank reports, so launchers' logs can be compared
+                print(f"rank {self.dist.rank}/{self.dist.world_size}: parameters sha256 "
+                      f"{self.parameter_digest()}", flush=True)
+            self._say(f"stopped at epoch {self.epoch}, step {self.step}; checkpoint {self.ckpt_path}")
+        finally:
+            logger.close()
+        return self.best_elbo
+
+    def _say(self, message):
+        if self.dist.is_root:
+            print(message, flush=True)
+
+
+def set_threads(args, dist):
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    elif dist.active:  # ranks on one machine share its cores
+        local = int(os.environ.get("LOCAL_WORLD_SIZE",
+                                   os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE", dist.world_size)))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+
+
+def main(dataset, argv=None):
+    """Entry point of `model/<dataset>_train.py`; exit status 0 on success,
+    1 with a one-line message on bad input or a stopped run."""
+    from utils.data import DataNotFoundError
+    dist = None
+    try:
+        cfg, args = parse_args(dataset, argv)
+        dist = distributed.setup(args.dist, use_cuda=args.device != "cpu" and torch.cuda.is_available())
+        set_threads(args, dist)
+        Trainer(cfg, args, dist).run()
+    except (TrainingError, DataNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept", file=sys.stderr)
+        return 130
+    finally:
+        if dist is not None:
+            dist.shutdown()
+    return 0

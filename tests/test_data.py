@@ -1,0 +1,133 @@
+"""Data loading from the real on-disk formats, and create_imagenet.py."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import synthetic_data as sd
+from conftest import ROOT
+from utils.data import (DataNotFoundError, RandomPatches, list_image_files, load_image_folder,
+                        load_images, training_datasets)
+
+
+def test_mnist_idx_files(tmp_path):
+    sd.write_mnist(str(tmp_path), n_train=10, n_test=4)
+    train = load_images("mnist", "train", str(tmp_path))
+    assert train.shape == (10, 1, 28, 28) and train.dtype == np.uint8
+    assert np.array_equal(train, sd.blobs(10, 1, 28, 28, 1))
+    tr, te = training_datasets("mnist", str(tmp_path))
+    x, _ = tr[3]
+    assert x.shape == (1, 32, 32) and x.dtype == torch.float32
+    assert torch.all(x[:, :2] == 0) and torch.all(x[:, :, -2:] == 0)   # padded by 2
+    assert torch.equal(x[0, 2:30, 2:30], torch.from_numpy(train[3, 0]).float())
+    assert len(te) == 4
+
+
+def test_cifar_pickle_batches(tmp_path):
+    sd.write_cifar(str(tmp_path), per_batch=3, n_test=2)
+    train = load_images("cifar", "train", str(tmp_path))
+    test = load_images("cifar", "test", str(tmp_path))
+    assert train.shape == (15, 3, 32, 32) and test.shape == (2, 3, 32, 32)
+    assert np.array_equal(train[:3], sd.blobs(3, 3, 32, 32, 11))
+    assert np.array_equal(test, sd.blobs(2, 3, 32, 32, 99))
+
+
+def test_imagenet_npy_both_layouts_and_png_folder(tmp_path):
+    sd.write_imagenet_npy(str(tmp_path), n_train=5, n_test=3)
+    train = load_images("imagenet", "train", str(tmp_path))
+    assert train.shape == (5, 3, 32, 32)
+    assert np.array_equal(train, sd.blobs(5, 3, 32, 32, 3))
+    np.save(tmp_path / "imagenet" / "test_32x32.npy", sd.blobs(3, 3, 32, 32, 4))  # NCHW
+    assert np.array_equal(load_images("imagenet", "test", str(tmp_path)), sd.blobs(3, 3, 32, 32, 4))
+    # a folder of PNGs instead of the .npy
+    os.remove(tmp_path / "imagenet" / "test_32x32.npy")
+    imgs = sd.write_png_folder(str(tmp_path / "imagenet" / "test_32x32"), 2, 32, 32, seed=8)
+    assert np.array_equal(load_images("imagenet", "test", str(tmp_path)), imgs)
+
+
+def test_unknown_layout_is_a_clear_error(tmp_path):
+    os.makedirs(tmp_path / "imagenet")
+    np.save(tmp_path / "imagenet" / "train_32x32.npy", np.zeros((4, 32, 32), np.float32))
+    with pytest.raises(ValueError, match="expected uint8 images"):
+        load_images("imagenet", "train", str(tmp_path))
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_images("svhn", "train", str(tmp_path))
+    with pytest.raises(ValueError, match="split"):
+        load_images("mnist", "valid", str(tmp_path))
+
+
+@pytest.mark.parametrize("dataset,where", [("mnist", "MNIST"), ("cifar", "cifar-10-batches-py"),
+                                           ("imagenet", "train_32x32.npy")])
+def test_missing_data_names_path_and_remedy(tmp_path, dataset, where):
+    with pytest.raises(DataNotFoundError) as info:
+        load_images(dataset, "train", str(tmp_path))
+    message = str(info.value)
+    assert str(tmp_path) in message and where in message
+    assert "--download" in message or "create_imagenet.py" in message
+
+
+def test_image_folder_sorted_rgb_and_missing(tmp_path):
+    from PIL import Image
+    folder = tmp_path / "imgs"
+    sub = folder / "b"
+    os.makedirs(sub)
+    Image.fromarray(np.full((5, 7), 200, np.uint8), mode="L").save(folder / "a.png")
+    Image.fromarray(np.zeros((3, 4, 3), np.uint8)).save(sub / "c.png")
+    (folder / "notes.txt").write_text("not an image")
+    images = load_image_folder(str(folder))
+    assert [im.shape for im in images] == [(3, 5, 7), (3, 3, 4)]
+    assert images[0].dtype == np.uint8 and np.all(images[0] == 200)
+    with pytest.raises(DataNotFoundError, match="not found at"):
+        load_image_folder(str(tmp_path / "missing"))
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(DataNotFoundError, match="no image files"):
+        load_image_folder(str(tmp_path / "empty"))
+
+
+def test_random_patches_reproducible_and_new_each_epoch(tmp_path):
+    sd.write_imagenetcrop(str(tmp_path), n_train=3, n_test=2)
+    train, test = training_datasets("imagenetcrop", str(tmp_path))
+    x0, _ = train[1]
+    assert x0.shape == (3, 32, 32)
+    assert torch.equal(x0, train[1][0])          # same epoch, same patch
+    train.set_epoch(1)
+    moved = [not torch.equal(RandomPatches(train.files)[i][0], train[i][0]) for i in range(3)]
+    assert any(moved)
+    assert torch.equal(test[0][0], test[0][0])
+    full = load_image_folder(os.path.join(tmp_path, "imagenetcrop", "train"))[1]
+    # the patch is a crop of the image
+    found = any(np.array_equal(full[:, t:t + 32, l:l + 32], x0.numpy().astype(np.uint8))
+                for t in range(full.shape[1] - 31) for l in range(full.shape[2] - 31))
+    assert found
+
+
+def test_create_imagenet_round_trip_and_validation(tmp_path, capsys):
+    import create_imagenet
+    imgs = sd.write_png_folder(str(tmp_path / "train_32x32"), 4, 32, 32, seed=9)
+    dst = tmp_path / "data" / "imagenet" / "train_32x32.npy"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "create_imagenet.py"),
+                        str(tmp_path / "train_32x32"), str(dst), "--quiet"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    arr = np.load(dst)
+    assert arr.shape == (4, 32, 32, 3) and arr.dtype == np.uint8
+    assert np.array_equal(load_images("imagenet", "train", str(tmp_path / "data")), imgs)
+    # a wrong-size image: clear error, previous output untouched
+    sd.write_png_folder(str(tmp_path / "train_32x32" / "odd"), 1, 30, 32, seed=10)
+    before = dst.read_bytes()
+    assert create_imagenet.main([str(tmp_path / "train_32x32"), str(dst), "--quiet"]) == 1
+    assert "expected 32x32" in capsys.readouterr().err
+    assert dst.read_bytes() == before
+    assert sorted(os.listdir(dst.parent)) == ["train_32x32.npy"]
+
+
+def test_list_image_files_recursive_sorted(tmp_path):
+    sd.write_png_folder(str(tmp_path / "z"), 2, 8, 8)
+    sd.write_png_folder(str(tmp_path / "a"), 1, 8, 8)
+    files = list_image_files(str(tmp_path))
+    assert [os.path.relpath(f, tmp_path) for f in files] == ["a/img000.png", "z/img000.png",
+                                                             "z/img001.png"]

@@ -1,0 +1,97 @@
+"""discretization.py and the bins files (utils/bins.py): the paper's bins,
+the authors' file names and layout, round trips and bad files."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from sklearn.preprocessing import KBinsDiscretizer
+
+import discretization
+from test_benchmark_compress import write_mnist
+from test_bitsback import one_torch_thread, blobs, tiny_model  # noqa: F401 (autouse fixture)
+from utils.bins import BinsError, LatentBins, bins_paths
+from utils.distributions import prior_bins
+
+
+def test_uniform_bins_equal_kbinsdiscretizer_on_all_samples():
+    samples = np.random.default_rng(0).logistic(size=(500, 6)) * np.arange(1, 7)
+    endpoints, centres = discretization.uniform_bins(samples.min(0), samples.max(0), 4)
+    full = KBinsDiscretizer(n_bins=16, encode="ordinal", strategy="uniform").fit(samples)
+    edges = np.stack(full.bin_edges_)
+    np.testing.assert_allclose(endpoints, edges[:, 1:-1], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(centres, 0.5 * (edges[:, 1:] + edges[:, :-1]), rtol=0, atol=1e-12)
+
+
+def test_derive_bins_layers():
+    model = tiny_model(3)
+    bins = discretization.derive_bins(model, blobs(40), quantbits=5, samples_per_bin=2,
+                                      progress=False)
+    assert bins.endpoints.shape == (3, 256, 31) and bins.centres.shape == (3, 256, 32)
+    e, c = prior_bins(5)
+    np.testing.assert_array_equal(bins.endpoints[2], np.broadcast_to(e, (256, 31)))
+    np.testing.assert_array_equal(bins.centres[2], np.broadcast_to(c, (256, 32)))
+    for layer in (0, 1):
+        width = np.diff(bins.endpoints[layer], axis=1)
+        np.testing.assert_allclose(width, width[:, :1] * np.ones_like(width), rtol=1e-9)
+        assert bins.layers[layer].kind == "uniform"
+    assert bins.layers[2].kind == "equal_mass"
+
+
+def test_bins_files_round_trip_in_the_authors_names(tmp_path):
+    bins = LatentBins.prior_only(2, 10, 3)
+    paths = bins.save(str(tmp_path), "cifar")
+    assert [os.path.basename(p) for p in paths] == ["cifar_nz2_zendpoints3.pt",
+                                                     "cifar_nz2_zcentres3.pt"]
+    t = torch.load(paths[0])
+    assert t.dtype == torch.float64 and t.shape == (2, 10, 7)
+    back = LatentBins.load(str(tmp_path), "cifar", 2, 3)
+    np.testing.assert_array_equal(back.endpoints, bins.endpoints)
+    np.testing.assert_array_equal(back.centres, bins.centres)
+
+
+def test_authors_layout_loads(tmp_path):
+    """The authors' files: plain tensors (nz, zdim, 2^q - 1) / (nz, zdim, 2^q), float32 ok."""
+    e, c = prior_bins(4)
+    lower = np.linspace(-3, 3, 17)
+    endpoints = torch.tensor(np.stack([np.tile(lower[1:-1], (256, 1)), np.tile(e, (256, 1))]),
+                             dtype=torch.float32)
+    centres = torch.tensor(np.stack([np.tile(0.5 * (lower[1:] + lower[:-1]), (256, 1)),
+                                     np.tile(c, (256, 1))]), dtype=torch.float32)
+    pe, pc = bins_paths(str(tmp_path), "mnist", 2, 4)
+    torch.save(endpoints, pe)
+    torch.save(centres, pc)
+    bins = LatentBins.load(str(tmp_path), "mnist", 2, 4)
+    bins.check_model(tiny_model(2))
+    assert bins.K == 16 and bins.layers[0].kind == "uniform"
+    np.testing.assert_allclose(bins.centre(0, np.array([[0] * 256])), centres[0, :, 0][None])
+
+
+def test_bad_bins_files(tmp_path):
+    with pytest.raises(BinsError, match=r"mnist_nz2_zendpoints10.pt not found.*discretization.py"):
+        LatentBins.load(str(tmp_path), "mnist", 2, 10)
+    LatentBins.prior_only(2, 10, 3).save(str(tmp_path), "mnist")
+    with pytest.raises(BinsError, match="model has nz=2 with 256"):
+        LatentBins.load(str(tmp_path), "mnist", 2, 3).check_model(tiny_model(2))
+    with pytest.raises(BinsError, match="disagree"):
+        LatentBins(np.zeros((2, 10, 7)), np.zeros((2, 10, 9)))
+    with pytest.raises(BinsError, match="increasing"):
+        LatentBins(np.zeros((1, 2, 3)), np.zeros((1, 2, 4)))
+
+
+def test_cli_writes_bins_from_checkpoint_and_idx_data(tmp_path, capsys):
+    root = tmp_path / "data"
+    write_mnist(str(root), n_test=20, n_train=30)
+    model = tiny_model(2)
+    ckpt = tmp_path / "ck.pt"
+    torch.save({"architecture": model.architecture(), "state_dict": model.state_dict()}, ckpt)
+    out = tmp_path / "bins"
+    rc = discretization.main(["mnist", "--nz", "2", "--quantbits", "4", "--params", str(ckpt),
+                              "--out", str(out), "--data-root", str(root), "--samples-per-bin", "2",
+                              "--no-progress"])
+    assert rc == 0
+    bins = LatentBins.load(str(out), "mnist", 2, 4)
+    bins.check_model(model)
+    rc = discretization.main(["mnist", "--nz", "2", "--params", str(tmp_path / "none.pt"),
+                              "--data-root", str(root), "--out", str(out)])
+    assert rc == 2 and "none.pt not found" in capsys.readouterr().err

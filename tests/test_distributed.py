@@ -1,0 +1,68 @@
+"""Two-process data-parallel training under torchrun and under mpiexec keeps
+the parameters bitwise identical on both ranks."""
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import synthetic_data as sd
+from conftest import ROOT
+
+TINY = ["--nz", "2", "--width", "8", "--zchannels", "1", "--nprocessing", "1", "--blocks", "2",
+        "--batch", "16", "--init-batches", "2", "--no-progress", "--max-steps", "6",
+        "--interval", "1", "--dist", "1"]
+SCRIPT = os.path.join(ROOT, "model", "mnist_train.py")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(cmd, env_extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1", **env_extra)
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+def check_two_ranks(stdout, out):
+    digests = dict(re.findall(r"rank (\d)/2: parameters sha256 ([0-9a-f]{64})", stdout))
+    assert set(digests) == {"0", "1"}, stdout
+    assert digests["0"] == digests["1"]
+    ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+    assert ckpt["world_size"] == 2 and ckpt["step"] == 6 and len(ckpt["rng"]) == 2
+    assert "engine torch" in stdout and "on 2 rank(s)" in stdout
+    assert ckpt["best_elbo"] < float("inf")
+
+
+@pytest.fixture
+def data(tmp_path):
+    sd.write_mnist(str(tmp_path / "data"))
+    return tmp_path
+
+
+def test_torchrun_two_processes(data):
+    out = data / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           f"--master_port={free_port()}", SCRIPT] + TINY + [
+        "--data-root", str(data / "data"), "--out", str(out)]
+    check_two_ranks(launch(cmd, {}), out)
+
+
+def test_mpiexec_two_processes(data):
+    assert shutil.which("mpiexec"), "mpiexec missing: scripts/setup.sh installs openmpi-bin"
+    out = data / "run"
+    cmd = ["mpiexec", "--oversubscribe", "-np", "2", sys.executable, SCRIPT] + TINY + [
+        "--data-root", str(data / "data"), "--out", str(out)]
+    env = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+           "MASTER_PORT": str(free_port()), "OMPI_MCA_rmaps_base_oversubscribe": "1"}
+    check_two_ranks(launch(cmd, env), out)

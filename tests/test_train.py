@@ -1,0 +1,190 @@
+"""Training loop: learns on every data format, resumes exactly, survives a
+kill, refuses bad input without overwriting anything."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import synthetic_data as sd
+from conftest import DATA, ROOT
+from model import train as T
+from model.config import config_for
+from model.distributed import Distributed
+from model.hvae import HVAE
+
+TINY = ["--nz", "2", "--width", "8", "--zchannels", "2", "--nprocessing", "1", "--blocks", "2",
+        "--batch", "16", "--init-batches", "2", "--no-progress", "--threads", "1",
+        "--log-every", "1"]
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def run_main(dataset, root, out, *extra):
+    return T.main(dataset, TINY + ["--data-root", str(root), "--out", str(out)] + list(extra))
+
+
+def checkpoint(out):
+    return torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+
+
+def elbo_of(state_dict, dataset, images):
+    cfg = config_for(dataset, nz=2, width=8, zchannels=2, nprocessing=1, blocks=2)
+    model = HVAE.from_config(cfg)
+    model.load_state_dict(state_dict)
+    model.eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        return sum(model(images)[1]["elbo"].item() for _ in range(3)) / 3
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "cifar", "imagenet", "imagenetcrop"])
+def test_a_few_steps_reduce_the_loss(tmp_path, dataset):
+    from utils.data import training_datasets
+    sd.WRITERS[dataset](str(tmp_path / "data"))
+    out = tmp_path / "run"
+    assert run_main(dataset, tmp_path / "data", out, "--max-steps", "1", "--interval", "100") == 0
+    start = checkpoint(out)
+    assert start["step"] == 1
+    assert run_main(dataset, tmp_path / "data", out, "--resume", str(out),
+                    "--max-steps", "16", "--interval", "100") == 0
+    end = checkpoint(out)
+    assert end["step"] == 16
+    train_set, _ = training_datasets(dataset, str(tmp_path / "data"))
+    images = torch.stack([train_set[i][0] for i in range(16)])
+    before, after = elbo_of(start["model"], dataset, images), elbo_of(end["model"], dataset, images)
+    assert after < before - 0.05, (before, after)
+
+
+def assert_same_state(a, b):
+    for key in ("step", "epoch", "batch_in_epoch", "best_elbo"):
+        assert a[key] == b[key], key
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+        assert torch.equal(a["ema"][k], b["ema"][k]), k
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+
+
+def test_stop_and_resume_equals_uninterrupted_run(tmp_path):
+    sd.write_mnist(str(tmp_path / "data"))          # 64 images: 4 steps per epoch
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert run_main("mnist", tmp_path / "data", whole, "--max-steps", "10", "--interval", "1") == 0
+    assert run_main("mnist", tmp_path / "data", parts, "--max-steps", "5", "--interval", "1") == 0
+    assert checkpoint(parts)["step"] == 5 and checkpoint(parts)["batch_in_epoch"] == 1
+    assert run_main("mnist", tmp_path / "data", parts, "--resume", str(parts),
+                    "--max-steps", "10", "--interval", "1") == 0
+    a, b = checkpoint(whole), checkpoint(parts)
+    assert a["step"] == 10 and a["epoch"] == 2 and a["best_elbo"] < float("inf")
+    assert_same_state(a, b)
+    best_a = torch.load(whole / "model_best.pt")
+    best_b = torch.load(parts / "model_best.pt")
+    assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
+    # model_best.pt is a plain state dict in the authors' layout
+    assert set(best_a) == set(HVAE.from_config(config_for(
+        "mnist", nz=2, width=8, zchannels=2, nprocessing=1, blocks=2)).state_dict())
+    # TensorBoard: scalars, per-layer terms and image grids were logged
+    events = b"".join(p.read_bytes() for p in (whole / "logs").iterdir())
+    for tag in (b"train/elbo", b"train/kl_layer2", b"train/grad_norm", b"train/lr",
+                b"test/elbo", b"test/samples", b"test/reconstructions"):
+        assert tag in events, tag
+
+
+def test_killed_run_resumes_exactly(tmp_path):
+    sd.write_mnist(str(tmp_path / "data"))
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    args = TINY + ["--data-root", str(tmp_path / "data"), "--interval", "2"]
+    assert T.main("mnist", args + ["--out", str(ref), "--max-steps", "24"]) == 0
+    cmd = [sys.executable, os.path.join(ROOT, "model", "mnist_train.py")] + args + [
+        "--out", str(killed), "--max-steps", "24", "--checkpoint-minutes", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while not (killed / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)  # at an arbitrary moment, maybe mid-write
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    step = checkpoint(killed)["step"]
+    assert 1 <= step < 24
+    assert T.main("mnist", args + ["--out", str(killed), "--resume", str(killed),
+                                   "--max-steps", "24"]) == 0
+    assert_same_state(checkpoint(ref), checkpoint(killed))
+
+
+def test_bad_inputs_fail_cleanly_and_overwrite_nothing(tmp_path, capsys, monkeypatch):
+    sd.write_mnist(str(tmp_path / "data"))
+    out = tmp_path / "run"
+    assert run_main("mnist", tmp_path / "data", out, "--nz", "0") == 1
+    assert "--nz must be >= 1" in capsys.readouterr().err
+    assert run_main("mnist", tmp_path / "data", out, "--max-steps", "2") == 0
+    saved = (out / "checkpoint.pt").read_bytes()
+    # another configuration's checkpoint
+    assert run_main("mnist", tmp_path / "data", out, "--width", "10", "--resume", str(out)) == 1
+    assert "width=8" in capsys.readouterr().err
+    # a fresh run into a folder holding a checkpoint
+    assert run_main("mnist", tmp_path / "data", out) == 1
+    assert "--resume" in capsys.readouterr().err
+    # NaN loss: stop with a message, keep the last good checkpoint
+    real_forward = HVAE.forward
+
+    def nan_forward(self, x, free_bits=1.0):
+        objective, terms = real_forward(self, x, free_bits)
+        return objective * float("nan"), terms
+    monkeypatch.setattr(HVAE, "forward", nan_forward)
+    assert run_main("mnist", tmp_path / "data", out, "--resume", str(out), "--max-steps", "5") == 1
+    assert "loss became nan" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert (out / "checkpoint.pt").read_bytes() == saved
+    # missing data
+    assert run_main("mnist", tmp_path / "nowhere", tmp_path / "r2") == 1
+    assert "--download" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()
+    # a global batch that does not split over the ranks
+    cfg, args = T.parse_args("mnist", TINY + ["--data-root", str(tmp_path / "data"),
+                                             "--out", str(tmp_path / "r3")])
+    with pytest.raises(T.TrainingError, match="not divisible by the 3 ranks"):
+        T.Trainer(cfg, args, Distributed("torch", 0, 3, 0))
+
+
+def test_starts_from_a_reference_layout_state_dict(tmp_path, capsys):
+    """--resume with a plain state dict (how the authors' checkpoints come)."""
+    sd.write_mnist(str(tmp_path / "data"))
+    entry = torch.load(os.path.join(DATA, "reference_vectors.pt"))["mnist_like"]
+    c = entry["config"]
+    weights = tmp_path / "authors.pt"
+    torch.save(entry["state_dict"], weights)
+    arch = ["--nz", str(c["nz"]), "--width", str(c["reswidth"]), "--zchannels", "1",
+            "--nprocessing", str(c["nprocessing"]), "--blocks", str(c["resdepth"])]
+    base = TINY + ["--data-root", str(tmp_path / "data"), "--max-steps", "1", "--lr", "1e-12", "--schedule", "0",
+                   "--interval", "100"]
+    assert T.main("mnist", base + arch + ["--out", str(tmp_path / "ok"), "--resume", str(weights)]) == 0
+    got = checkpoint(tmp_path / "ok")["model"]
+    for k, v in entry["state_dict"].items():
+        torch.testing.assert_close(got[k], v, rtol=0, atol=1e-6)
+    assert T.main("mnist", base + ["--out", str(tmp_path / "bad"), "--resume", str(weights)]) == 1
+    assert "does not fit this model" in capsys.readouterr().err
+
+
+def test_ema_and_learning_rate_schedule():
+    model = torch.nn.Linear(2, 1)
+    ema = T.EMA(model, 0.999)
+    before = {k: v.clone() for k, v in ema.shadow.items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    torch.testing.assert_close(ema.shadow["weight"], 0.999 * before["weight"] + 0.001 * model.weight)
+    cfg = config_for("imagenet")
+    assert T.learning_rate(cfg, 0) == 2e-3 and T.learning_rate(cfg, 100_000) == 2e-3
+    assert T.learning_rate(cfg, 100_010) == pytest.approx(2e-3 * 0.999995 ** 10)
+    assert T.learning_rate(cfg, 10 ** 9) == 5e-4
+    mnist = config_for("mnist", schedule=False)
+    assert T.learning_rate(mnist, 5000) == 2e-3
+    assert T.learning_rate(config_for("mnist", lr=1e-4), 10 ** 6) == 1e-4
