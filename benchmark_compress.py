@@ -72,7 +72,7 @@ def _load_folder_counting_skips(folder):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            images = load_image_folder(folder)
+            images = load_image_folder(folder, rgb=False)
         except DataNotFoundError as exc:
             raise BadInput(str(exc)) from exc
     for w in caught:

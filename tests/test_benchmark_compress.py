@@ -162,7 +162,7 @@ def test_cifar_pickle_all_codecs(tmp_path, capsys):
 
 def test_imagenet_npy(tmp_path, capsys):
     os.makedirs(tmp_path / "imagenet")
-    np.save(tmp_path / "imagenet" / "test.npy", natural(30, 32, 32))
+    np.save(tmp_path / "imagenet" / "test_32x32.npy", natural(30, 32, 32))
     rc, out, err = run(["imagenet", "--data-root", str(tmp_path), "--experiments", "2",
                         "--images", "10", "--codecs", "bzip2,png"], capsys)
     assert rc == 0, err
@@ -221,10 +221,10 @@ def test_folder_without_readable_images(tmp_path, capsys):
     folder = tmp_path / "junk"
     folder.mkdir()
     (folder / "a.png").write_bytes(b"\x89PNG broken")
-    (folder / "notes.txt").write_text("hello")
+    (folder / "notes.txt").write_text("hello")  # not an image name: ignored, not counted
     rc, out, err = run(["folder", str(folder)], capsys)
     assert rc == 2
-    assert f"error: no readable images in {folder} (2 unreadable files skipped)" in err
+    assert f"error: no readable images in {folder} (1 unreadable files skipped)" in err
     rc, out, err = run(["folder", str(tmp_path / "absent")], capsys)
     assert rc == 2 and "does not exist" in err
 

@@ -143,16 +143,30 @@ def list_image_files(path, dataset="imagenetcrop"):
     return files
 
 
-def read_image(path):
-    """One image file as uint8 (C, H, W), RGB (grey and palette converted)."""
+def read_image(path, rgb=True):
+    """One image file as uint8 (C, H, W): RGB (grey and palette converted),
+    or with ``rgb=False`` grey images kept as one channel."""
     from PIL import Image
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1).copy()
+        mode = "L" if (not rgb and im.mode in ("L", "1", "I;16", "I")) else "RGB"
+        a = np.asarray(im.convert(mode), dtype=np.uint8)
+    return a[None].copy() if a.ndim == 2 else a.transpose(2, 0, 1).copy()
 
 
-def load_image_folder(path):
-    """All images under `path` (sorted by path) as uint8 (C, H, W) RGB arrays."""
-    return [read_image(f) for f in list_image_files(path)]
+def load_image_folder(path, rgb=True):
+    """All readable images under `path` (sorted by path) as uint8 (C, H, W)
+    arrays (see `read_image`). An unreadable file is skipped with a warning
+    (callers count them with ``warnings.catch_warnings``); DataNotFoundError
+    when the folder is missing or holds no image files."""
+    import warnings
+    from PIL import UnidentifiedImageError
+    images = []
+    for f in list_image_files(path):
+        try:
+            images.append(read_image(f, rgb=rgb))
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+            warnings.warn(f"skipping unreadable image {f}: {exc}", stacklevel=2)
+    return images
 
 
 # ---- torch datasets -----------------------------------------------------
