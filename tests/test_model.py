@@ -72,6 +72,19 @@ def test_reference_state_dict_round_trips_through_our_checkpoint():
         assert torch.equal(sd[k], v)
 
 
+def test_dropout_keeps_expectation_and_rate():
+    from utils.modules import Dropout
+    torch.manual_seed(0)
+    d = Dropout(0.2)
+    h = torch.ones(200_000)
+    out = d(h)
+    assert abs((out == 0).float().mean().item() - 0.2) < 0.005
+    assert torch.allclose(out[out != 0], torch.tensor(1.25))
+    assert abs(out.mean().item() - 1.0) < 0.01
+    d.eval()
+    assert torch.equal(d(h), h)
+
+
 def test_squeeze_unsqueeze_are_inverse_and_match_layout():
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
     s = Squeeze2d()(x)
