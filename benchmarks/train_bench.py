@@ -49,20 +49,25 @@ def main():
     x = torch.from_numpy(images[:a.batch].astype(np.float32)).to(trainer.device)
     for _ in range(a.warmup):
         trainer._train_step(x, False)
-    rates = []
+    rates, cpu_rates = [], []
     for _ in range(a.repeats):
-        t = time.perf_counter()
+        t, c0 = time.perf_counter(), time.process_time()
         for _ in range(a.steps):
             trainer._train_step(x, False)
         if trainer.device.type == "cuda":
             torch.cuda.synchronize()
         rates.append(a.steps * a.batch / (time.perf_counter() - t))
+        # CPU seconds spread over the threads: what an idle machine would give
+        # (the CPU here is shared, so wall-clock rates swing with the load)
+        cpu = (time.process_time() - c0) / torch.get_num_threads()
+        cpu_rates.append(a.steps * a.batch / cpu)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     layout = "NCHW" if a.no_channels_last else "channels_last"
     print(f"{layout} {a.dataset} nz={cfg.nz} width={cfg.width} batch={a.batch} on {trainer.device} "
           f"({torch.get_num_threads()} threads, load avg {load:.2f}): "
           f"median {statistics.median(rates):.1f} images/s "
-          f"(runs: {', '.join(f'{r:.1f}' for r in rates)})")
+          f"(runs: {', '.join(f'{r:.1f}' for r in rates)}); CPU-time rate median "
+          f"{statistics.median(cpu_rates):.1f} images/s")
 
 
 if __name__ == "__main__":

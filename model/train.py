@@ -388,11 +388,7 @@ class Trainer:
         own = rng_state()
         if not self.dist.active:
             return [own]
-        if self.dist.engine == "torch":
-            states = [None] * self.dist.world_size
-            torch.distributed.all_gather_object(states, own)
-            return states
-        return [own] if self.dist.is_root else []  # Horovod: rank 0's only
+        return self.dist.all_gather_object(own)
 
     def parameter_digest(self):
         """sha256 of all parameters (model and EMA), to compare ranks."""
