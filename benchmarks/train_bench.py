@@ -31,8 +31,8 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--no-channels-last", action="store_true",
-                   help="keep activations in NCHW (to measure what channels_last buys)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="hidden activations in channels_last (HVAE.channels_last)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -44,7 +44,7 @@ def main():
     c, h, w = cfg.xs
     images = rng.integers(0, 256, size=(a.batch * 2, c, h, w), dtype=np.uint8)
     trainer = T.Trainer(cfg, args, Distributed(), datasets=(ArrayImages(images), ArrayImages(images)))
-    trainer.model.channels_last = not a.no_channels_last
+    trainer.model.channels_last = a.channels_last
     trainer.start()
     x = torch.from_numpy(images[:a.batch].astype(np.float32)).to(trainer.device)
     for _ in range(a.warmup):
@@ -62,7 +62,7 @@ def main():
         cpu = (time.process_time() - c0) / torch.get_num_threads()
         cpu_rates.append(a.steps * a.batch / cpu)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    layout = "NCHW" if a.no_channels_last else "channels_last"
+    layout = "channels_last" if a.channels_last else "NCHW"
     print(f"{layout} {a.dataset} nz={cfg.nz} width={cfg.width} batch={a.batch} on {trainer.device} "
           f"({torch.get_num_threads()} threads, load avg {load:.2f}): "
           f"median {statistics.median(rates):.1f} images/s "

@@ -123,10 +123,12 @@ class HVAE(nn.Module):
                     conditional_xscale=self.conditional_xscale)
 
     # ---- conditionals -------------------------------------------------
-    # Hidden activations run in channels_last (converted after each input
-    # convolution): oneDNN's convolutions then skip two to three layout
-    # reorders each, a large share of a CPU step.
-    channels_last = True
+    # Optionally run hidden activations in channels_last (converted after
+    # each input convolution). It spares oneDNN's layout reorders, but on the
+    # 2-core AVX2 CPU measured here its channels-last kernels were slower
+    # overall (20.4 vs 23.3 images/s, benchmarks/train_bench.py), so it is
+    # off by default; try it on other hardware.
+    channels_last = False
 
     def _nhwc(self, t):
         return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t

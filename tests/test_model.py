@@ -26,10 +26,12 @@ def model_for_vectors(entry):
     return model.eval()
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("name", sorted(VECTORS))
-def test_conditionals_match_reference_vectors(name):
+def test_conditionals_match_reference_vectors(name, channels_last):
     entry = VECTORS[name]
     model = model_for_vectors(entry)
+    model.channels_last = channels_last
     x, z = entry["x"], entry["z"]
     with torch.no_grad():
         for i in range(model.nz):
