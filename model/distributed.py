@@ -83,6 +83,16 @@ class Distributed:
             for t in list(module.parameters()) + list(module.buffers()):
                 self.broadcast_(t.data, root)
 
+    def all_gather_object(self, obj):
+        """List of every rank's `obj` (picklable), in rank order."""
+        if not self.active:
+            return [obj]
+        if self.engine == "horovod":
+            return self._hvd.allgather_object(obj)
+        out = [None] * self.world_size
+        tdist.all_gather_object(out, obj)
+        return out
+
     def barrier(self):
         if self.active and self.engine == "torch":
             tdist.barrier()

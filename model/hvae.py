@@ -123,31 +123,41 @@ class HVAE(nn.Module):
                     conditional_xscale=self.conditional_xscale)
 
     # ---- conditionals -------------------------------------------------
+    # Optionally run hidden activations in channels_last (converted after
+    # each input convolution). It spares oneDNN's layout reorders, but on the
+    # 2-core AVX2 CPU measured here its channels-last kernels were slower
+    # overall (20.4 vs 23.3 images/s, benchmarks/train_bench.py), so it is
+    # off by default; try it on other hardware.
+    channels_last = False
+
+    def _nhwc(self, t):
+        return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
+
     def infer(self, i, given):
         """(mu, scale) of q(z_{i+1} | given); see the module docstring."""
         if i == 0:
-            h = (given - 127.5) / 127.5
-            h = self.infer_res1(self.infer_res0(self.infer_in(h)))
+            h = self._nhwc(self.infer_in((given - 127.5) / 127.5))
+            h = self.infer_res1(self.infer_res0(h))
             mu, s = self.infer_mu(h), self.infer_std(h)
         elif 0 < i < self.nz:
-            h = self.deepinfer_res[i - 1](self.deepinfer_in[i - 1](given))
+            h = self.deepinfer_res[i - 1](self._nhwc(self.deepinfer_in[i - 1](given)))
             mu, s = self.deepinfer_mu[i - 1](h), self.deepinfer_std[i - 1](h)
         else:
             raise IndexError(f"infer index {i} out of range for nz={self.nz}")
-        return mu, 0.1 + 0.9 * torch.sigmoid(s + 2.0)
+        return mu.contiguous(), (0.1 + 0.9 * torch.sigmoid(s + 2.0)).contiguous()
 
     def generate(self, i, given):
         """(mu, scale) of p(z_i | given = z_{i+1}), or of p(x | z1) for i = 0
         (mu on the [-1, 1] scale, scale broadcast to mu's shape)."""
         if i == 0:
-            h = self.gen_res0(self.gen_res1(self.gen_in(given)))
+            h = self.gen_res0(self.gen_res1(self._nhwc(self.gen_in(given))))
             mu = self.gen_mu(h)
             s = self.gen_std(h) if self.conditional_xscale else self.gen_std
             return mu, (PIXEL_BIN / 8.0 + F.softplus(s)).expand_as(mu)
         if 0 < i < self.nz:
-            h = self.deepgen_res[i - 1](self.deepgen_in[i - 1](given))
+            h = self.deepgen_res[i - 1](self._nhwc(self.deepgen_in[i - 1](given)))
             mu, s = self.deepgen_mu[i - 1](h), self.deepgen_std[i - 1](h)
-            return mu, 0.1 + 0.9 * F.softplus(s + INV_SOFTPLUS_ONE)
+            return mu.contiguous(), (0.1 + 0.9 * F.softplus(s + INV_SOFTPLUS_ONE)).contiguous()
         raise IndexError(f"generate index {i} out of range for nz={self.nz}")
 
     # ---- objective ----------------------------------------------------

@@ -315,7 +315,7 @@ def pick_device(choice, gpu, local_rank):
 class Trainer:
     """One training run; `run()` returns the best test ELBO seen."""
 
-    def __init__(self, cfg, args, dist):
+    def __init__(self, cfg, args, dist, datasets=None):
         from utils.data import training_datasets
         self.cfg, self.args, self.dist = cfg, args, dist
         self.device = pick_device(args.device, args.gpu, dist.local_rank)
@@ -323,7 +323,9 @@ class Trainer:
             raise TrainingError(f"--batch {cfg.batch} is not divisible by the {dist.world_size} ranks")
         self.batch = cfg.batch // dist.world_size
         self.workers = args.workers if args.workers is not None else (4 if self.device.type == "cuda" else 0)
-        self.train_set, self.test_set = training_datasets(cfg.dataset, args.data_root, args.download)
+        if datasets is None:
+            datasets = training_datasets(cfg.dataset, args.data_root, args.download)
+        self.train_set, self.test_set = datasets
         if len(self.train_set) < cfg.batch:
             raise TrainingError(f"the training set has {len(self.train_set)} images, fewer than "
                                 f"one batch of {cfg.batch}")
@@ -386,11 +388,7 @@ class Trainer:
         own = rng_state()
         if not self.dist.active:
             return [own]
-        if self.dist.engine == "torch":
-            states = [None] * self.dist.world_size
-            torch.distributed.all_gather_object(states, own)
-            return states
-        return [own] if self.dist.is_root else []  # Horovod: rank 0's only
+        return self.dist.all_gather_object(own)
 
     def parameter_digest(self):
         """sha256 of all parameters (model and EMA), to compare ranks."""

@@ -26,10 +26,12 @@ def model_for_vectors(entry):
     return model.eval()
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("name", sorted(VECTORS))
-def test_conditionals_match_reference_vectors(name):
+def test_conditionals_match_reference_vectors(name, channels_last):
     entry = VECTORS[name]
     model = model_for_vectors(entry)
+    model.channels_last = channels_last
     x, z = entry["x"], entry["z"]
     with torch.no_grad():
         for i in range(model.nz):
@@ -70,6 +72,19 @@ def test_reference_state_dict_round_trips_through_our_checkpoint():
     assert list(sd) == list(entry["state_dict"])
     for k, v in entry["state_dict"].items():
         assert torch.equal(sd[k], v)
+
+
+def test_dropout_keeps_expectation_and_rate():
+    from utils.modules import Dropout
+    torch.manual_seed(0)
+    d = Dropout(0.2)
+    h = torch.ones(200_000)
+    out = d(h)
+    assert abs((out == 0).float().mean().item() - 0.2) < 0.005
+    assert torch.allclose(out[out != 0], torch.tensor(1.25))
+    assert abs(out.mean().item() - 1.0) < 0.01
+    d.eval()
+    assert torch.equal(d(h), h)
 
 
 def test_squeeze_unsqueeze_are_inverse_and_match_layout():

@@ -88,6 +88,27 @@ def data_dependent_init(module):
             conv.init_pending = False
 
 
+class Dropout(nn.Module):
+    """Inverted dropout (keep with probability 1 - p, scale by 1/(1 - p)),
+    the same distribution as nn.Dropout. Built from a uniform draw and a
+    float mask because that is several times faster on CPU than
+    nn.Dropout's bernoulli_ path (measured ~45 ms -> ~10 ms per
+    128x61x16x16 activation), a visible share of a training step."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.p = float(p)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+    def forward(self, h):
+        if not self.training or self.p == 0.0:
+            return h
+        keep = (torch.rand_like(h) >= self.p).to(h.dtype).mul_(1.0 / (1.0 - self.p))
+        return h * keep
+
+
 class ResidualLayer(nn.Module):
     """`h + conv2(dropout(elu(conv1(elu(h)))))`; conv2 starts at zero output."""
 
@@ -95,7 +116,7 @@ class ResidualLayer(nn.Module):
         super().__init__()
         self.conv1 = WnConv2d(width, width, kernel_size, init_scale=1.0, loggain=True)
         self.conv2 = WnConv2d(width, width, kernel_size, init_scale=0.0, loggain=False)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, h):
         return h + self.conv2(self.dropout(F.elu(self.conv1(F.elu(h)))))

@@ -1,0 +1,74 @@
+"""Training throughput (images/s) of the paper's MNIST model (nz=8, width 61,
+batch 128) through the real training step (forward, backward, gradient
+clipping, Adam, EMA). Not a test: run it and quote the median.
+
+  python benchmarks/train_bench.py [--steps 12 --repeats 3 --nz 8 --width 61]
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from model import train as T  # noqa: E402
+from model.distributed import Distributed  # noqa: E402
+from utils.data import ArrayImages  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--nz", type=int, default=8)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=12, help="timed steps per repeat")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--channels-last", action="store_true",
+                   help="hidden activations in channels_last (HVAE.channels_last)")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    cfg, args = T.parse_args(a.dataset, ["--nz", str(a.nz), "--batch", str(a.batch),
+                                         "--device", a.device, "--init-batches", "1",
+                                         "--out", "/nonexistent"]
+                             + (["--width", str(a.width)] if a.width else []))
+    rng = np.random.default_rng(0)
+    c, h, w = cfg.xs
+    images = rng.integers(0, 256, size=(a.batch * 2, c, h, w), dtype=np.uint8)
+    trainer = T.Trainer(cfg, args, Distributed(), datasets=(ArrayImages(images), ArrayImages(images)))
+    trainer.model.channels_last = a.channels_last
+    trainer.start()
+    x = torch.from_numpy(images[:a.batch].astype(np.float32)).to(trainer.device)
+    for _ in range(a.warmup):
+        trainer._train_step(x, False)
+    rates, cpu_rates = [], []
+    for _ in range(a.repeats):
+        t, c0 = time.perf_counter(), time.process_time()
+        for _ in range(a.steps):
+            trainer._train_step(x, False)
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize()
+        rates.append(a.steps * a.batch / (time.perf_counter() - t))
+        # CPU seconds spread over the threads: what an idle machine would give
+        # (the CPU here is shared, so wall-clock rates swing with the load)
+        cpu = (time.process_time() - c0) / torch.get_num_threads()
+        cpu_rates.append(a.steps * a.batch / cpu)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    layout = "channels_last" if a.channels_last else "NCHW"
+    print(f"{layout} {a.dataset} nz={cfg.nz} width={cfg.width} batch={a.batch} on {trainer.device} "
+          f"({torch.get_num_threads()} threads, load avg {load:.2f}): "
+          f"median {statistics.median(rates):.1f} images/s "
+          f"(runs: {', '.join(f'{r:.1f}' for r in rates)}); CPU-time rate median "
+          f"{statistics.median(cpu_rates):.1f} images/s")
+
+
+if __name__ == "__main__":
+    main()
