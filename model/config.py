@@ -43,6 +43,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     seed: int = 100
+    patches_per_image: int = 1  # imagenetcrop: random patches per image file and epoch
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -58,6 +59,8 @@ class TrainConfig:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.nprocessing < 0 or self.blocks < 0:
             raise ValueError("--nprocessing and --blocks must be >= 0")
+        if self.patches_per_image < 1:
+            raise ValueError(f"--patches-per-image must be >= 1, got {self.patches_per_image}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
 

@@ -69,6 +69,9 @@ def parse_args(dataset, argv=None):
     a("--epochs", type=int)
     a("--interval", type=int, help="evaluate with EMA weights every N epochs")
     a("--seed", type=int)
+    a("--patches-per-image", type=int, dest="patches_per_image",
+      help="imagenetcrop: random 32x32 patches per image file and epoch (paper: 1; use more "
+           "for a small photo collection)")
     a("--init-batches", type=int, dest="init_batches",
       help="batches stacked for the data-dependent init")
     a("--dist", type=int, default=0, choices=(0, 1),
@@ -96,7 +99,7 @@ def parse_args(dataset, argv=None):
                      kernel=args.kernel, batch=args.batch, lr=args.lr, decay=args.decay,
                      schedule=None if args.schedule is None else bool(args.schedule),
                      epochs=args.epochs, interval=args.interval, seed=args.seed,
-                     init_batches=args.init_batches)
+                     init_batches=args.init_batches, patches_per_image=args.patches_per_image)
     if args.out is None:
         args.out = os.path.join("runs", f"{dataset}_nz{cfg.nz}")
     if args.log_dir is None:
@@ -324,7 +327,8 @@ class Trainer:
         self.batch = cfg.batch // dist.world_size
         self.workers = args.workers if args.workers is not None else (4 if self.device.type == "cuda" else 0)
         if datasets is None:
-            datasets = training_datasets(cfg.dataset, args.data_root, args.download)
+            datasets = training_datasets(cfg.dataset, args.data_root, args.download,
+                                         cfg.patches_per_image)
         self.train_set, self.test_set = datasets
         if len(self.train_set) < cfg.batch:
             raise TrainingError(f"the training set has {len(self.train_set)} images, fewer than "

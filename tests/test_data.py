@@ -131,3 +131,20 @@ def test_list_image_files_recursive_sorted(tmp_path):
     files = list_image_files(str(tmp_path))
     assert [os.path.relpath(f, tmp_path) for f in files] == ["a/img000.png", "z/img000.png",
                                                              "z/img001.png"]
+
+
+def test_random_patches_many_per_image(tmp_path):
+    sd.write_imagenetcrop(str(tmp_path), n_train=3, n_test=2)
+    train, test = training_datasets("imagenetcrop", str(tmp_path), patches_per_image=5)
+    assert len(train) == 15 and len(test) == 10
+    full = load_image_folder(os.path.join(tmp_path, "imagenetcrop", "train"))
+    # patches 5..9 all come from file 1, at (mostly) different places
+    patches = [train[i][0].numpy().astype(np.uint8) for i in range(5, 10)]
+    for p in patches:
+        img = full[1]
+        assert any(np.array_equal(img[:, t:t + 32, l:l + 32], p)
+                   for t in range(img.shape[1] - 31) for l in range(img.shape[2] - 31))
+    assert len({p.tobytes() for p in patches}) > 1
+    assert set(train.cache) == {1}                 # decoded once, kept
+    with pytest.raises(ValueError, match="patches per image"):
+        RandomPatches(train.files, per_image=0)

@@ -189,27 +189,42 @@ class ArrayImages(Dataset):
 
 
 class RandomPatches(Dataset):
-    """One `size` x `size` patch per image file and epoch. Its position is
-    drawn from a generator seeded by (seed, epoch, index): random-looking
-    and new every epoch for training (call `set_epoch`), fixed for evaluation
-    (`deterministic`), and reproducible whatever the data-loader workers do.
-    Images smaller than the patch are edge-padded."""
+    """`per_image` random `size` x `size` patches per image file and epoch.
+    A patch's position is drawn from a generator seeded by (seed, epoch,
+    index): random-looking and new every epoch for training (call
+    `set_epoch`), fixed for evaluation (`deterministic`), and reproducible
+    whatever the data-loader workers do. Images smaller than the patch are
+    edge-padded. The paper's full-size ImageNet has a million files and uses
+    one patch per file; a small photo collection needs many per image, and
+    then the decoded images are kept in memory (`cache`) instead of being
+    decoded again for every patch."""
 
-    def __init__(self, files, size=32, deterministic=False, seed=0):
+    def __init__(self, files, size=32, deterministic=False, seed=0, per_image=1, cache=None):
+        if per_image < 1:
+            raise ValueError(f"patches per image must be >= 1, got {per_image}")
         self.files = files
         self.size = size
         self.deterministic = deterministic
         self.seed = seed
+        self.per_image = per_image
+        self.cache = {} if (cache if cache is not None else per_image > 1) else None
         self.epoch = 0
 
     def set_epoch(self, epoch):
         self.epoch = epoch
 
     def __len__(self):
-        return len(self.files)
+        return len(self.files) * self.per_image
+
+    def _image(self, file_index):
+        if self.cache is None:
+            return read_image(self.files[file_index])
+        if file_index not in self.cache:
+            self.cache[file_index] = read_image(self.files[file_index])
+        return self.cache[file_index]
 
     def __getitem__(self, index):
-        img = read_image(self.files[index])
+        img = self._image(index // self.per_image)
         c, h, w = img.shape
         if h < self.size or w < self.size:
             img = np.pad(img, ((0, 0), (0, max(0, self.size - h)), (0, max(0, self.size - w))),
@@ -223,14 +238,17 @@ class RandomPatches(Dataset):
         return torch.from_numpy(patch.astype(np.float32)), 0
 
 
-def training_datasets(dataset, root, download=False):
-    """(train, test) torch datasets for the training loop of `dataset`."""
+def training_datasets(dataset, root, download=False, patches_per_image=1):
+    """(train, test) torch datasets for the training loop of `dataset`
+    (`patches_per_image`: imagenetcrop only, see RandomPatches)."""
     if dataset == "mnist":
         return tuple(ArrayImages(load_images("mnist", s, root, download), pad=2) for s in SPLITS)
     if dataset in ("cifar", "imagenet"):
         return tuple(ArrayImages(load_images(dataset, s, root, download)) for s in SPLITS)
     if dataset == "imagenetcrop":
         folder = os.path.join(root, "imagenetcrop")
-        return (RandomPatches(list_image_files(os.path.join(folder, "train"))),
-                RandomPatches(list_image_files(os.path.join(folder, "test")), deterministic=True))
+        return (RandomPatches(list_image_files(os.path.join(folder, "train")),
+                              per_image=patches_per_image),
+                RandomPatches(list_image_files(os.path.join(folder, "test")), deterministic=True,
+                              per_image=patches_per_image))
     raise ValueError(f"unknown dataset {dataset!r}")
