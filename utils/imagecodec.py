@@ -1,0 +1,487 @@
+"""The demo codec: one whole 8-bit image <-> one Bit-Swap container.
+
+Owns what image_compress.py / image_decompress.py do (they only parse
+arguments and print): loading and validating the image, the shipped-model
+descriptor, padding and blocking, the chained Bit-Swap coding of the blocks
+in one interleaved rANS message, verification and atomic output.
+
+Invariants:
+
+* Lossless on the whole image: the image is padded by edge replication to a
+  multiple of the model's block size (replicated pixels are cheap to code) and
+  cropped back on decode; the SHA-256 of the original pixels is stored and a
+  decode that does not reproduce it is an error, never a written file.
+* Grayscale is coded as three equal channels (the model is RGB) and written
+  back as 8-bit grayscale.
+* Encoder and decoder compute bit-identical quantized tables: every network
+  call is one block at batch 1 on the same device type, with torch pinned to
+  one intra-op thread (reduction order of a convolution can depend on the
+  thread count; see ``_deterministic_torch``), and the float32 outputs go
+  through the same float64 codecs of utils/distributions.py.
+* Every user-facing failure is a ``DemoError`` (or a ``ContainerError``) with
+  a one-line message; outputs are written to a temporary file in the target
+  directory and moved into place with ``os.replace`` only when complete.
+"""
+import contextlib
+import hashlib
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from utils import ans, container
+from utils.container import ContainerError
+from utils.distributions import Bins, DiscretizedLogistic, LogisticBins
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_MODEL = os.path.join(REPO_ROOT, "models", "demo", "model.json")
+LANES = 128                 # interleaved rANS lanes: ~64 bits of final head each
+UNDERFLOW_SEED = 0          # initial bits borrowed by the first block (counted)
+PRECISION = ans.DEFAULT_PRECISION
+SUPPORTED_MODES = {"RGB": 3, "L": 1}
+
+
+class DemoError(Exception):
+    """A user-facing failure with a one-line message (CLI: exit status 1)."""
+
+
+# --------------------------------------------------------------------- model
+
+@dataclass
+class DemoModel:
+    """A loaded demo model: network, bins and identity."""
+    name: str
+    hash: str
+    net: torch.nn.Module
+    quantbits: int
+    endpoints: list             # per latent layer: utils.distributions.Bins
+    centres: list               # per latent layer: float64 (zdim, 2^quantbits)
+    device: torch.device
+    descriptor_path: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def block(self):
+        return self.net.xs[1]
+
+
+def _file_sha256(path, h):
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+
+
+def _resolve_descriptor(path):
+    path = DEFAULT_MODEL if path is None else path
+    if os.path.isdir(path):
+        path = os.path.join(path, "model.json")
+    if not os.path.isfile(path):
+        if os.path.abspath(path) == DEFAULT_MODEL:
+            raise DemoError(f"the shipped demo model is missing ({path}); see README (demo model) "
+                            "or pass --model DIR")
+        raise DemoError(f"model descriptor not found: {path}")
+    return path
+
+
+def _state_dict_from(obj):
+    """A checkpoint is a state dict, or a dict holding one under a usual key."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "ema"):
+            if isinstance(obj.get(key), dict):
+                return obj[key]
+    return obj
+
+
+def load_model(path=None, device="cpu"):
+    """Load the model described by ``path`` (a model.json descriptor or the
+    directory holding it; default: the shipped model) onto ``device``."""
+    from model.hvae import HVAE       # heavy import, only when a model is needed
+    path = _resolve_descriptor(path)
+    base = os.path.dirname(os.path.abspath(path))
+    try:
+        with open(path, "rb") as f:
+            desc = json.loads(f.read().decode("utf-8"))
+        name = str(desc["name"])
+        arch = dict(desc["architecture"])
+        quantbits = int(desc["quantbits"])
+        files = {k: os.path.normpath(os.path.join(base, desc[k]))
+                 for k in ("checkpoint", "endpoints", "centres")}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DemoError(f"invalid model descriptor {path}: {type(exc).__name__}: {exc}") from None
+    for kind, fpath in files.items():
+        if not os.path.isfile(fpath):
+            raise DemoError(f"model {name}: {kind} file missing: {fpath}")
+
+    # Identity: what determines the decoded bits (not the free-text notes).
+    h = hashlib.sha256(json.dumps({"architecture": arch, "quantbits": quantbits},
+                                  sort_keys=True).encode())
+    for kind in ("checkpoint", "endpoints", "centres"):
+        _file_sha256(files[kind], h)
+
+    try:
+        net = HVAE(**arch)
+    except (TypeError, ValueError) as exc:
+        raise DemoError(f"model {name}: bad architecture in {path}: {exc}") from None
+    if tuple(net.xs[1:]) != (net.xs[1], net.xs[1]) or net.xs[0] != 3:
+        raise DemoError(f"model {name}: the demo needs square RGB blocks, got xs={net.xs}")
+    try:
+        state = _state_dict_from(torch.load(files["checkpoint"], map_location="cpu", weights_only=True))
+        state = {k: (v.float() if torch.is_floating_point(v) else v) for k, v in state.items()}
+        net.load_state_dict(state, strict=True)
+    except Exception as exc:  # unreadable file or keys/shapes that do not fit
+        raise DemoError(f"model {name}: checkpoint {files['checkpoint']} does not fit the "
+                        f"architecture: {str(exc).splitlines()[0]}") from None
+    net.eval().to(device)
+
+    zdim = int(np.prod(net.zdim))
+    K = 1 << quantbits
+    try:
+        ends = torch.load(files["endpoints"], map_location="cpu", weights_only=True)
+        cents = torch.load(files["centres"], map_location="cpu", weights_only=True)
+        ends = np.asarray(ends, dtype=np.float64)
+        cents = np.asarray(cents, dtype=np.float64)
+    except Exception as exc:
+        raise DemoError(f"model {name}: unreadable bins: {str(exc).splitlines()[0]}") from None
+    if ends.shape != (net.nz, zdim, K - 1) or cents.shape != (net.nz, zdim, K):
+        raise DemoError(f"model {name}: bins shapes {ends.shape}, {cents.shape} do not match "
+                        f"(nz={net.nz}, zdim={zdim}, 2^quantbits={K})")
+    try:
+        endpoints = [Bins(e) for e in ends]
+    except ValueError as exc:
+        raise DemoError(f"model {name}: invalid bins: {exc}") from None
+    return DemoModel(name=name, hash=h.hexdigest(), net=net, quantbits=quantbits,
+                     endpoints=endpoints, centres=list(cents), device=torch.device(device),
+                     descriptor_path=path, info=desc.get("info", {}))
+
+
+def pick_device(requested="auto"):
+    """'auto' -> cuda when available, else cpu; anything else is checked."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(requested)
+    except RuntimeError as exc:
+        raise DemoError(f"invalid --device {requested!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DemoError(f"--device {requested}: CUDA is not available here")
+    return requested
+
+
+@contextlib.contextmanager
+def _deterministic_torch():
+    """One intra-op thread and deterministic kernels for the codec's network
+    calls: a convolution's float32 sums may be ordered differently with
+    another thread count, and one ulp of difference in a mean changes a
+    quantized CDF, so the decoder would read different symbols."""
+    threads = torch.get_num_threads()
+    cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.set_num_threads(1)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        torch.set_num_threads(threads)
+        (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) = cudnn
+
+
+# ------------------------------------------------------------ bit-swap core
+# One block at a time, blocks chained on one InterleavedMessage (DESIGN.md
+# section 5).  Symbols of latent layer i are bin indices; the network sees
+# the bin centres.
+
+class _BlockCoder:
+    def __init__(self, model: DemoModel):
+        self.m = model
+        self.net = model.net
+        self.nz = self.net.nz
+        self.zshape = (1,) + tuple(self.net.zdim)
+        self.xshape = (1,) + tuple(self.net.xs)
+        zdim = int(np.prod(self.net.zdim))
+        self.rows = np.arange(zdim)
+        self.prior = (np.zeros(zdim), np.ones(zdim))
+
+    def _np(self, pair):
+        mu, scale = pair
+        return (mu.detach().to("cpu", torch.float64).numpy().reshape(-1),
+                scale.detach().to("cpu", torch.float64).numpy().reshape(-1))
+
+    def _tensor(self, a, shape):
+        return torch.from_numpy(np.asarray(a, dtype=np.float32).reshape(shape)).to(self.m.device)
+
+    def _latent(self, i, sym):
+        return self._tensor(self.m.centres[i][self.rows, sym], self.zshape)
+
+    def _q(self, i, given):
+        return LogisticBins(*self._np(self.net.infer(i, given)), self.m.endpoints[i], PRECISION)
+
+    def _p(self, i, given):
+        if i == 0:
+            return DiscretizedLogistic(*self._np(self.net.generate(0, given)), PRECISION)
+        return LogisticBins(*self._np(self.net.generate(i, given)), self.m.endpoints[i - 1], PRECISION)
+
+    def _top(self):
+        return LogisticBins(*self.prior, self.m.endpoints[self.nz - 1], PRECISION)
+
+    def encode(self, msg, block):
+        """Push one block (uint8 (C, B, B)) with Bit-Swap."""
+        pixels = block.reshape(-1).astype(np.int64)
+        given, prev = self._tensor(block, self.xshape), pixels
+        for i in range(self.nz):
+            sym = self._q(i, given).pop(msg)              # bits back from the message
+            z = self._latent(i, sym)
+            self._p(i, z).push(msg, prev)                 # pushed before the next pop
+            given, prev = z, sym
+        self._top().push(msg, prev)
+
+    def decode(self, msg):
+        """Exact mirror of ``encode``: pop one block, returns uint8 (C, B, B)."""
+        sym = self._top().pop(msg)
+        z = self._latent(self.nz - 1, sym)
+        for i in range(self.nz - 1, -1, -1):
+            below = self._p(i, z).pop(msg)
+            given = (self._tensor(below, self.xshape) if i == 0
+                     else self._latent(i - 1, below))
+            self._q(i, given).push(msg, sym)
+            z, sym = given, below
+        return np.asarray(sym, dtype=np.uint8).reshape(self.net.xs)
+
+
+# --------------------------------------------------------------------- image
+
+def load_image(path):
+    """Read an 8-bit RGB or grayscale image: returns (uint8 (H, W, C), mode)."""
+    from PIL import Image, UnidentifiedImageError
+    if not os.path.exists(path):
+        raise DemoError(f"no such file: {path}")
+    if os.path.isdir(path):
+        raise DemoError(f"{path} is a directory, not an image")
+    try:
+        with Image.open(path) as img:
+            if getattr(img, "n_frames", 1) > 1:
+                raise DemoError(f"{path}: multi-frame images are not supported")
+            rawmode = img.tile[0][3] if img.tile and len(img.tile[0]) > 3 else ""
+            rawmode = rawmode[0] if isinstance(rawmode, tuple) else rawmode
+            if img.mode in ("I;16", "I;16B", "I;16L", "I", "F") or ";16" in str(rawmode):
+                raise DemoError(f"{path}: 16-bit and 32-bit images are not supported (8-bit RGB or grayscale only)")
+            if img.mode not in SUPPORTED_MODES:
+                what = {"P": "palette", "RGBA": "RGBA (alpha)", "LA": "grayscale+alpha",
+                        "1": "1-bit", "CMYK": "CMYK"}.get(img.mode, img.mode)
+                raise DemoError(f"{path}: {what} images are not supported; "
+                                "convert to 8-bit RGB or grayscale first")
+            img.load()
+            mode = img.mode
+            array = np.asarray(img, dtype=np.uint8)
+    except DemoError:
+        raise
+    except UnidentifiedImageError:
+        raise DemoError(f"{path} is not an image file this program can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DemoError(f"{path}: truncated or damaged image ({str(exc).splitlines()[0]})") from None
+    if array.size == 0:
+        raise DemoError(f"{path}: empty image ({array.shape[1]}x{array.shape[0]})")
+    return (array[:, :, None] if array.ndim == 2 else array), mode
+
+
+def pixels_sha256(image, mode):
+    h = hashlib.sha256(f"{image.shape[0]}x{image.shape[1]}x{image.shape[2]}:{mode}:".encode())
+    h.update(np.ascontiguousarray(image).tobytes())
+    return h.hexdigest()
+
+
+def pad_to_blocks(image, block):
+    """Edge-replicate (H, W, C) to multiples of ``block``, as 3 channels."""
+    h, w, _ = image.shape
+    ph, pw = -(-h // block) * block, -(-w // block) * block
+    padded = np.pad(image, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
+    if padded.shape[2] == 1:
+        padded = np.repeat(padded, 3, axis=2)
+    return padded
+
+
+def block_order(ph, pw, block):
+    """Raster order of the blocks' top-left corners (encode order)."""
+    return [(r, c) for r in range(0, ph, block) for c in range(0, pw, block)]
+
+
+def _progress(total, quiet, desc):
+    from tqdm import tqdm
+    return tqdm(total=total, disable=quiet, desc=desc, unit="block", leave=False)
+
+
+@dataclass
+class EncodeResult:
+    data: bytes                 # the container
+    message_bits: int           # ANS message size (bits)
+    initial_bits: int           # bits borrowed from the seeded initial stack
+    head_bits: int              # final heads of the interleaved lanes
+    blocks: int
+
+
+def compress(image, mode, model: DemoModel, quiet=True):
+    """Code ``image`` (uint8 (H, W, C), ``mode`` RGB or L) into a container."""
+    block = model.block
+    padded = pad_to_blocks(image, block)
+    ph, pw, _ = padded.shape
+    order = block_order(ph, pw, block)
+    msg = ans.InterleavedMessage.empty(LANES, PRECISION, underflow_seed=UNDERFLOW_SEED)
+    coder = _BlockCoder(model)
+    with _deterministic_torch(), _progress(len(order), quiet, "compress") as bar:
+        for r, c in order:
+            coder.encode(msg, padded[r:r + block, c:c + block].transpose(2, 0, 1))
+            bar.update()
+    header = dict(model_name=model.name, model_hash=model.hash,
+                  height=int(image.shape[0]), width=int(image.shape[1]),
+                  channels=int(image.shape[2]), mode=mode, block=block, padding="edge",
+                  padded_height=ph, padded_width=pw, precision=PRECISION, lanes=LANES,
+                  underflow_seed=UNDERFLOW_SEED, quantbits=model.quantbits,
+                  device=model.device.type, pixels_sha256=pixels_sha256(image, mode))
+    data = container.pack(header, msg.to_bytes())
+    return EncodeResult(data=data, message_bits=msg.bits(), initial_bits=32 * msg.borrowed_words,
+                        head_bits=int(msg.head_bits().sum()), blocks=len(order))
+
+
+def check_header(header, model: DemoModel):
+    """Is the container decodable with this model?  DemoError if not."""
+    if header["model_hash"] != model.hash:
+        raise DemoError(f"this file was made with model {header['model_name']!r} "
+                        f"(hash {header['model_hash'][:12]}), not with {model.name!r} "
+                        f"(hash {model.hash[:12]}); pass the right --model")
+    if header["device"] != model.device.type:
+        raise DemoError(f"this file was coded on {header['device']}; decode it with --device {header['device']}")
+    h, w, c = header["height"], header["width"], header["channels"]
+    b = header["block"]
+    if (header["mode"] not in SUPPORTED_MODES or SUPPORTED_MODES[header["mode"]] != c
+            or h < 1 or w < 1 or b != model.block or header["padding"] != "edge"
+            or header["padded_height"] != -(-h // b) * b or header["padded_width"] != -(-w // b) * b
+            or header["quantbits"] != model.quantbits):
+        raise DemoError("invalid header: inconsistent image or model parameters")
+
+
+def decompress(data, model: DemoModel, quiet=True):
+    """Container bytes -> (uint8 (H, W, C), mode), verified against the stored
+    pixel checksum."""
+    header, body = container.unpack(data)
+    check_header(header, model)
+    try:
+        msg = ans.InterleavedMessage.from_bytes(body)
+    except ValueError as exc:
+        raise DemoError(f"corrupted file: bad ANS message ({exc})") from None
+    if msg.precision != header["precision"] or msg.lanes != header["lanes"]:
+        raise DemoError("corrupted file: message parameters differ from the header")
+    b, ph, pw = header["block"], header["padded_height"], header["padded_width"]
+    padded = np.empty((ph, pw, 3), dtype=np.uint8)
+    coder = _BlockCoder(model)
+    order = block_order(ph, pw, b)
+    try:
+        with _deterministic_torch(), _progress(len(order), quiet, "decompress") as bar:
+            for r, c in reversed(order):
+                padded[r:r + b, c:c + b] = coder.decode(msg).transpose(1, 2, 0)
+                bar.update()
+    except ValueError as exc:   # e.g. popping past the end of the message
+        raise DemoError(f"decoding failed: {exc}") from None
+    image = padded[:header["height"], :header["width"], :header["channels"]]
+    if pixels_sha256(image, header["mode"]) != header["pixels_sha256"]:
+        raise DemoError("decoded pixels do not match the stored checksum; nothing written "
+                        "(was the file made on another kind of machine?)")
+    return np.ascontiguousarray(image), header["mode"]
+
+
+# -------------------------------------------------------------------- output
+
+def check_output_path(path, force=False):
+    """Fail early (before any coding) if ``path`` cannot be written."""
+    if os.path.isdir(path):
+        raise DemoError(f"output {path} is a directory")
+    if os.path.exists(path) and not force:
+        raise DemoError(f"output {path} exists; pass --force to overwrite")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise DemoError(f"cannot write {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise DemoError(f"cannot write {path}: directory {parent} is not writable")
+
+
+def write_atomic(path, data):
+    """Write ``data`` to ``path`` via a temporary file + os.replace."""
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=".tmp-", suffix=os.path.basename(path)[-20:])
+    except OSError as exc:
+        raise DemoError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise DemoError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def png_bytes(image, mode):
+    """A PNG file of the (H, W, C) image in ``mode`` (RGB or L)."""
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image[:, :, 0] if mode == "L" else image)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def read_file(path):
+    if not os.path.exists(path):
+        raise DemoError(f"no such file: {path}")
+    if os.path.isdir(path):
+        raise DemoError(f"{path} is a directory, not a Bit-Swap file")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise DemoError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+# ------------------------------------------------------- model directories
+
+def write_model_dir(directory, net, endpoints, centres, quantbits, name, info=None, half=False):
+    """Write a model directory the loader reads: ``model.json`` (descriptor),
+    ``checkpoint.pt`` (state dict, float16 when ``half``), ``endpoints.pt``
+    (float64 (nz, zdim, 2^q - 1)) and ``centres.pt`` (float64 (nz, zdim, 2^q)).
+    Returns the descriptor path."""
+    os.makedirs(directory, exist_ok=True)
+    state = {k: (v.half() if half and torch.is_floating_point(v) else v).detach().cpu().clone()
+             for k, v in net.state_dict().items()}
+    torch.save(state, os.path.join(directory, "checkpoint.pt"))
+    torch.save(torch.as_tensor(np.asarray(endpoints, dtype=np.float64)), os.path.join(directory, "endpoints.pt"))
+    torch.save(torch.as_tensor(np.asarray(centres, dtype=np.float64)), os.path.join(directory, "centres.pt"))
+    desc = dict(name=name, architecture=net.architecture(), quantbits=int(quantbits),
+                checkpoint="checkpoint.pt", endpoints="endpoints.pt", centres="centres.pt",
+                info=info or {})
+    path = os.path.join(directory, "model.json")
+    with open(path, "w") as f:
+        json.dump(desc, f, indent=2)
+        f.write("\n")
+    return path
+
+
+def random_model_dir(directory, quantbits=10, seed=0, name="random", half=False, **architecture):
+    """A random-init model with simple bins (prior bins on top, equal-width
+    bins on [-4, 4] below): for tests and timing only, it compresses badly."""
+    from model.hvae import HVAE
+    from utils.distributions import prior_bins
+    torch.manual_seed(seed)
+    net = HVAE(**architecture).eval()
+    zdim = int(np.prod(net.zdim))
+    K = 1 << quantbits
+    edges = np.linspace(-4.0, 4.0, K + 1)
+    top_e, top_c = prior_bins(quantbits)
+    ends = np.stack([np.broadcast_to(edges[1:-1], (zdim, K - 1))] * (net.nz - 1)
+                    + [np.broadcast_to(top_e, (zdim, K - 1))])
+    cents = np.stack([np.broadcast_to((edges[1:] + edges[:-1]) / 2, (zdim, K))] * (net.nz - 1)
+                     + [np.broadcast_to(top_c, (zdim, K))])
+    return write_model_dir(directory, net, ends, cents, quantbits, name, half=half)
