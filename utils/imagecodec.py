@@ -313,7 +313,7 @@ def block_order(ph, pw, block):
 
 def _progress(total, quiet, desc):
     from tqdm import tqdm
-    return tqdm(total=total, disable=quiet, desc=desc, unit="block", leave=False)
+    return tqdm(total=total, disable=quiet, desc=desc, unit="block", leave=False, mininterval=0.5)
 
 
 @dataclass
