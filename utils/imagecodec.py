@@ -263,6 +263,8 @@ def load_image(path):
         raise DemoError(f"no such file: {path}")
     if os.path.isdir(path):
         raise DemoError(f"{path} is a directory, not an image")
+    if os.path.getsize(path) == 0:
+        raise DemoError(f"{path} is an empty file (0 bytes), not an image")
     try:
         with Image.open(path) as img:
             if getattr(img, "n_frames", 1) > 1:
