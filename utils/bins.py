@@ -1,0 +1,108 @@
+"""Latent discretization bins: the authors' file format and the per-layer
+bin tables the bits-back coders use (DESIGN.md section 4).
+
+Files (the authors' names and layout, ``torch.save`` of one tensor each):
+  ``{dataset}_nz{nz}_zendpoints{q}.pt``  float64 ``(nz, zdim, 2^q - 1)``: inner endpoints
+  ``{dataset}_nz{nz}_zcentres{q}.pt``    float64 ``(nz, zdim, 2^q)``: bin centres
+Layer 0 is z1 (next to the data), layer nz-1 the top layer (equal-mass bins
+under the prior Logistic(0, 1)).  Outer bins are open to -inf / +inf.
+A latent symbol k of layer i stands for ``centres[i, d, k]``.
+
+Invariants of :class:`LatentBins`: endpoints strictly increasing along the
+bin axis, ``centres`` one more bin than endpoints, both float64.
+"""
+import os
+
+import numpy as np
+import torch
+
+from utils.distributions import Bins, prior_bins
+
+
+class BinsError(ValueError):
+    """Bins missing, malformed, or not matching the model (one-line message)."""
+
+
+def bins_paths(directory, dataset, nz, quantbits):
+    """(endpoints path, centres path) in the authors' naming."""
+    stem = os.path.join(directory, f"{dataset}_nz{nz}_z")
+    return f"{stem}endpoints{quantbits}.pt", f"{stem}centres{quantbits}.pt"
+
+
+class LatentBins:
+    """Per-layer bins of every latent dimension, ready for coding."""
+
+    def __init__(self, endpoints, centres):
+        endpoints = _as_array(endpoints)
+        centres = _as_array(centres)
+        if endpoints.ndim != 3 or centres.ndim != 3:
+            raise BinsError(f"bins must be shaped (nz, zdim, K-1) and (nz, zdim, K); got "
+                            f"{endpoints.shape} and {centres.shape}")
+        if centres.shape[:2] != endpoints.shape[:2] or centres.shape[2] != endpoints.shape[2] + 1:
+            raise BinsError(f"endpoints {endpoints.shape} and centres {centres.shape} disagree")
+        if not np.isfinite(endpoints).all() or not np.isfinite(centres).all():
+            raise BinsError("bins contain NaN or inf")
+        if endpoints.shape[2] > 1 and not (np.diff(endpoints, axis=2) > 0).all():
+            raise BinsError("bin endpoints must be strictly increasing")
+        self.endpoints = np.ascontiguousarray(endpoints)
+        self.centres = np.ascontiguousarray(centres)
+        self.nz, self.zdim, self.K = centres.shape
+        self.quantbits = int(round(np.log2(self.K)))
+        self.layers = [Bins(endpoints[i]) for i in range(self.nz)]
+        self._dim_index = np.arange(self.zdim)[None, :]
+
+    @classmethod
+    def prior_only(cls, nz, zdim, quantbits):
+        """Equal-mass Logistic(0, 1) bins for every layer (random-init models,
+        tests, benchmarks: no trained model to derive bins from)."""
+        e, c = prior_bins(quantbits)
+        return cls(np.broadcast_to(e, (nz, zdim, e.size)), np.broadcast_to(c, (nz, zdim, c.size)))
+
+    def centre(self, layer, symbols):
+        """Bin centres (float64, same shape as ``symbols`` (B, zdim))."""
+        return self.centres[layer][self._dim_index, symbols]
+
+    def check_model(self, model):
+        """BinsError unless these bins fit ``model`` (nz layers of prod(zdim) dims)."""
+        zdim = int(np.prod(model.zdim))
+        if (self.nz, self.zdim) != (model.nz, zdim):
+            raise BinsError(f"bins are for nz={self.nz} with {self.zdim} dims per layer; the model "
+                            f"has nz={model.nz} with {zdim} dims per layer")
+
+    def save(self, directory, dataset):
+        """Write both files atomically; returns their paths."""
+        os.makedirs(directory, exist_ok=True)
+        paths = bins_paths(directory, dataset, self.nz, self.quantbits)
+        for path, array in zip(paths, (self.endpoints, self.centres)):
+            tmp = path + ".tmp"
+            torch.save(torch.from_numpy(np.array(array, dtype=np.float64)), tmp)
+            os.replace(tmp, path)
+        return paths
+
+    @classmethod
+    def load(cls, directory, dataset, nz, quantbits):
+        """Load the authors' files (either dtype, any device); BinsError if missing."""
+        arrays = []
+        for path in bins_paths(directory, dataset, nz, quantbits):
+            if not os.path.exists(path):
+                raise BinsError(f"bins file {path} not found; make it with "
+                                f"`python discretization.py {dataset} --nz {nz} --quantbits "
+                                f"{quantbits}` (needs the trained checkpoint)")
+            try:
+                t = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise BinsError(f"bins file {path} is unreadable: {exc}") from exc
+            if not torch.is_tensor(t):
+                raise BinsError(f"bins file {path} does not hold a tensor")
+            arrays.append(t)
+        bins = cls(*arrays)
+        if bins.K != 1 << quantbits:
+            raise BinsError(f"bins in {directory} have {bins.K} bins per dimension, "
+                            f"expected 2^{quantbits}")
+        return bins
+
+
+def _as_array(a):
+    if torch.is_tensor(a):
+        a = a.detach().cpu().double().numpy()
+    return np.asarray(a, dtype=np.float64)

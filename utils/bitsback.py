@@ -1,0 +1,183 @@
+"""Bit-Swap and BB-ANS: encode and decode images on an rANS message
+(DESIGN.md section 5).  One implementation for both schemes and every model
+that exposes ``infer(i, given)`` / ``generate(i, given)`` -> (mu, scale),
+``nz``, ``xs``, ``zdim`` (see model/hvae.py for the indexing).
+
+Batching: :meth:`BitsBackCoder.encode` codes a batch of B images at once.
+On an independent-lanes ``ans.Message`` with B lanes, image b goes to lane
+b (B independent chains, each with single-chain accounting).  On an
+``ans.InterleavedMessage`` the batch's symbols are simply flattened (B = 1:
+one chain whose images, e.g. the 32x32 blocks of a photo, are coded one
+after another on one message).
+
+Order of operations for one image x with latents z1..zL (0-based layers):
+  BB-ANS encode:  pop z1 ~ q(.|x), ..., pop zL ~ q(.|z_{L-1});
+                  push x ~ p(.|z1), push z1 ~ p(.|z2), ..., push zL ~ prior.
+  Bit-Swap:       for i: pop z_i ~ q(.|z_{i-1}); push z_{i-1} ~ p(.|z_i);
+                  push zL ~ prior.
+Decoding is the exact mirror image (same network calls on the same inputs
+in the same batch layout), so the quantized tables are bit-identical and the
+message returns to its previous state exactly.
+
+Invariant: the networks only ever see bin centres of latent symbols
+(float32) and pixel values 0..255 (float32); a latent symbol k of layer i
+stands for ``bins.centres[i, d, k]``.
+"""
+import numpy as np
+import torch
+
+from utils import ans
+from utils.distributions import DiscretizedLogistic, LogisticBins, discretized_logistic_logp, logistic_logp
+
+LOG2 = float(np.log(2.0))
+
+
+class BitsBackCoder:
+    """Bits-back coder of one model with one set of latent bins."""
+
+    def __init__(self, model, bins, bitswap=True, precision=ans.DEFAULT_PRECISION, device=None):
+        bins.check_model(model)
+        self.model = model.eval()
+        self.bins = bins
+        self.bitswap = bool(bitswap)
+        self.precision = precision
+        self.device = device if device is not None else next(model.parameters()).device
+        self.nz = model.nz
+        self.xs = tuple(model.xs)
+        self.zshape = tuple(model.zdim)
+        self.zdim = int(np.prod(self.zshape))
+        self.dims = int(np.prod(self.xs))
+
+    # ---- network calls (the only place torch is touched) ----------------------
+    def _net(self, fn, i, given):
+        """(mu, scale) float64 numpy (B, dims) and the torch pair (float32)."""
+        with torch.no_grad():
+            mu, scale = fn(i, given)
+        b = given.shape[0]
+        return (mu.reshape(b, -1).double().cpu().numpy(),
+                scale.reshape(b, -1).double().cpu().numpy(), mu, scale)
+
+    def _x_tensor(self, x):
+        return torch.as_tensor(np.asarray(x), dtype=torch.float32, device=self.device)
+
+    def _z_tensor(self, layer, symbols):
+        z = self.bins.centre(layer, symbols).reshape((-1,) + self.zshape)
+        return torch.as_tensor(z, dtype=torch.float32, device=self.device)
+
+    def _q(self, i, given):
+        mu, scale, tmu, tscale = self._net(self.model.infer, i, given)
+        return LogisticBins(mu, scale, self.bins.layers[i], self.precision), (tmu, tscale)
+
+    def _p(self, i, given):
+        """Codec of the layer below z_{i+1} (i >= 1) or of x (i = 0)."""
+        mu, scale, tmu, tscale = self._net(self.model.generate, i, given)
+        if i == 0:
+            return DiscretizedLogistic(mu, scale, self.precision), (tmu, tscale)
+        return LogisticBins(mu, scale, self.bins.layers[i - 1], self.precision), (tmu, tscale)
+
+    def _prior(self, b):
+        shape = (b, self.zdim)
+        return LogisticBins(np.zeros(shape), np.ones(shape), self.bins.layers[-1], self.precision)
+
+    # ---- encode -----------------------------------------------------------------
+    def encode(self, message, x, terms=False):
+        """Code images ``x`` (uint8-valued, (B, C, H, W)) onto ``message``.
+
+        With ``terms=True`` returns the single-sample -ELBO terms at the coded
+        latents, bits per image, shape (B, 1 + nz): [-log p(x|z1), KL_1..KL_L]
+        with KL_i = log q(z_i|.) - log p(z_i|.) (continuous densities at the
+        bin centres, which are samples of the discretized posterior)."""
+        x = np.asarray(x)
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.xs:
+            raise ValueError(f"images must be shaped (B, {', '.join(map(str, self.xs))}), got {x.shape}")
+        b = x.shape[0]
+        symbols_x = x.reshape(b, -1).astype(np.int64)
+        given = self._x_tensor(x)
+        zs, q_params = [], []
+        pending = []                            # BB-ANS: pushes deferred until all pops
+        for i in range(self.nz):
+            q, qp = self._q(i, given)
+            k = q.pop(message)
+            z = self._z_tensor(i, k)
+            zs.append((k, z))
+            q_params.append(qp)
+            if self.bitswap:
+                p, pp = self._p(i, z)
+                p.push(message, symbols_x if i == 0 else zs[i - 1][0])
+                pending.append(pp)
+            given = z
+        if not self.bitswap:
+            for i in range(self.nz):
+                p, pp = self._p(i, zs[i][1])
+                p.push(message, symbols_x if i == 0 else zs[i - 1][0])
+                pending.append(pp)
+        self._prior(b).push(message, zs[-1][0])
+        if terms:
+            return self._terms(given=self._x_tensor(x), zs=[z for _, z in zs],
+                               q_params=q_params, p_params=pending)
+        return None
+
+    def _terms(self, given, zs, q_params, p_params):
+        b = given.shape[0]
+        with torch.no_grad():
+            out = torch.empty((b, 1 + self.nz), dtype=torch.float64)
+            mu, scale = p_params[0]
+            out[:, 0] = -discretized_logistic_logp(given, mu, scale).reshape(b, -1).sum(1).double()
+            for i in range(self.nz):
+                mu, scale = q_params[i]
+                logq = logistic_logp(zs[i], mu, scale).reshape(b, -1).sum(1)
+                if i + 1 < self.nz:
+                    mu, scale = p_params[i + 1]
+                    logp = logistic_logp(zs[i], mu, scale)
+                else:
+                    logp = -zs[i] - 2.0 * torch.nn.functional.softplus(-zs[i])
+                out[:, 1 + i] = (logq - logp.reshape(b, -1).sum(1)).double()
+        return out.cpu().numpy() / LOG2
+
+    # ---- decode -----------------------------------------------------------------
+    def decode(self, message, batch):
+        """Mirror of :meth:`encode`: pops ``batch`` images (uint8 (B, C, H, W))
+        and returns the message to its state before they were encoded."""
+        k_top = self._prior(batch).pop(message)
+        if self.bitswap:
+            k = k_top
+            for i in reversed(range(self.nz)):
+                z = self._z_tensor(i, k)
+                p, _ = self._p(i, z)
+                below = p.pop(message)
+                given = (self._x_tensor(below.reshape((batch,) + self.xs)) if i == 0
+                         else self._z_tensor(i - 1, below))
+                q, _ = self._q(i, given)
+                q.push(message, k)
+                k = below
+            return k.reshape((batch,) + self.xs).astype(np.uint8)
+        ks = [None] * self.nz
+        ks[-1] = k_top
+        zs = [None] * self.nz
+        for i in reversed(range(self.nz)):
+            zs[i] = self._z_tensor(i, ks[i])
+            p, _ = self._p(i, zs[i])
+            below = p.pop(message)
+            if i > 0:
+                ks[i - 1] = below
+            else:
+                x = below.reshape((batch,) + self.xs)
+        givens = [self._x_tensor(x)] + zs[:-1]
+        for i in reversed(range(self.nz)):
+            q, _ = self._q(i, givens[i])
+            q.push(message, ks[i])
+        return x.astype(np.uint8)
+
+
+def restored_initial_message(initial, borrowed_words):
+    """What decoding everything must give back for a message that started as
+    ``initial`` (an independent-lanes ``ans.Message`` with ``underflow_seed``)
+    after the encoder borrowed ``borrowed_words`` words per lane: the borrowed
+    words end up below the initial stack, the first borrowed on top of them.
+    (utils/ans.py: word k borrowed by a lane is the hash of (seed, lane, k);
+    ans has no public accessor for it, hence the private call.)"""
+    stacks = []
+    for lane, n in enumerate(np.asarray(borrowed_words).tolist()):
+        borrowed = ans._hash_words(initial.underflow_seed, lane, np.arange(n, dtype=np.uint64)[::-1])
+        stacks.append(np.concatenate([borrowed.astype(np.uint32), initial.stack(lane)]))
+    return ans.Message(initial.head.copy(), stacks, initial.precision)
