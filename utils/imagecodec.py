@@ -34,8 +34,9 @@ import numpy as np
 import torch
 
 from utils import ans, container
+from utils.bins import BinsError, LatentBins
+from utils.bitsback import BitsBackCoder
 from utils.container import ContainerError
-from utils.distributions import Bins, DiscretizedLogistic, LogisticBins
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MODEL = os.path.join(REPO_ROOT, "models", "demo", "model.json")
@@ -58,8 +59,7 @@ class DemoModel:
     hash: str
     net: torch.nn.Module
     quantbits: int
-    endpoints: list             # per latent layer: utils.distributions.Bins
-    centres: list               # per latent layer: float64 (zdim, 2^quantbits)
+    bins: LatentBins
     device: torch.device
     descriptor_path: str
     info: dict = field(default_factory=dict)
@@ -150,11 +150,11 @@ def load_model(path=None, device="cpu"):
         raise DemoError(f"model {name}: bins shapes {ends.shape}, {cents.shape} do not match "
                         f"(nz={net.nz}, zdim={zdim}, 2^quantbits={K})")
     try:
-        endpoints = [Bins(e) for e in ends]
-    except ValueError as exc:
+        bins = LatentBins(ends, cents)
+    except (BinsError, ValueError) as exc:
         raise DemoError(f"model {name}: invalid bins: {exc}") from None
     return DemoModel(name=name, hash=h.hexdigest(), net=net, quantbits=quantbits,
-                     endpoints=endpoints, centres=list(cents), device=torch.device(device),
+                     bins=bins, device=torch.device(device),
                      descriptor_path=path, info=desc.get("info", {}))
 
 
@@ -190,68 +190,6 @@ def _deterministic_torch():
         torch.set_num_threads(threads)
         (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
          torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) = cudnn
-
-
-# ------------------------------------------------------------ bit-swap core
-# One block at a time, blocks chained on one InterleavedMessage (DESIGN.md
-# section 5).  Symbols of latent layer i are bin indices; the network sees
-# the bin centres.
-
-class _BlockCoder:
-    def __init__(self, model: DemoModel):
-        self.m = model
-        self.net = model.net
-        self.nz = self.net.nz
-        self.zshape = (1,) + tuple(self.net.zdim)
-        self.xshape = (1,) + tuple(self.net.xs)
-        zdim = int(np.prod(self.net.zdim))
-        self.rows = np.arange(zdim)
-        self.prior = (np.zeros(zdim), np.ones(zdim))
-
-    def _np(self, pair):
-        mu, scale = pair
-        return (mu.detach().to("cpu", torch.float64).numpy().reshape(-1),
-                scale.detach().to("cpu", torch.float64).numpy().reshape(-1))
-
-    def _tensor(self, a, shape):
-        return torch.from_numpy(np.asarray(a, dtype=np.float32).reshape(shape)).to(self.m.device)
-
-    def _latent(self, i, sym):
-        return self._tensor(self.m.centres[i][self.rows, sym], self.zshape)
-
-    def _q(self, i, given):
-        return LogisticBins(*self._np(self.net.infer(i, given)), self.m.endpoints[i], PRECISION)
-
-    def _p(self, i, given):
-        if i == 0:
-            return DiscretizedLogistic(*self._np(self.net.generate(0, given)), PRECISION)
-        return LogisticBins(*self._np(self.net.generate(i, given)), self.m.endpoints[i - 1], PRECISION)
-
-    def _top(self):
-        return LogisticBins(*self.prior, self.m.endpoints[self.nz - 1], PRECISION)
-
-    def encode(self, msg, block):
-        """Push one block (uint8 (C, B, B)) with Bit-Swap."""
-        pixels = block.reshape(-1).astype(np.int64)
-        given, prev = self._tensor(block, self.xshape), pixels
-        for i in range(self.nz):
-            sym = self._q(i, given).pop(msg)              # bits back from the message
-            z = self._latent(i, sym)
-            self._p(i, z).push(msg, prev)                 # pushed before the next pop
-            given, prev = z, sym
-        self._top().push(msg, prev)
-
-    def decode(self, msg):
-        """Exact mirror of ``encode``: pop one block, returns uint8 (C, B, B)."""
-        sym = self._top().pop(msg)
-        z = self._latent(self.nz - 1, sym)
-        for i in range(self.nz - 1, -1, -1):
-            below = self._p(i, z).pop(msg)
-            given = (self._tensor(below, self.xshape) if i == 0
-                     else self._latent(i - 1, below))
-            self._q(i, given).push(msg, sym)
-            z, sym = given, below
-        return np.asarray(sym, dtype=np.uint8).reshape(self.net.xs)
 
 
 # --------------------------------------------------------------------- image
@@ -313,6 +251,13 @@ def block_order(ph, pw, block):
     return [(r, c) for r in range(0, ph, block) for c in range(0, pw, block)]
 
 
+def _coder(model: DemoModel):
+    """The project's Bit-Swap coder (utils/bitsback.py) for this model.  The
+    blocks of one image form one chain on one InterleavedMessage, coded one
+    block at a time (batch 1) in raster order and decoded in reverse."""
+    return BitsBackCoder(model.net, model.bins, bitswap=True, precision=PRECISION, device=model.device)
+
+
 def _progress(total, quiet, desc):
     from tqdm import tqdm
     return tqdm(total=total, disable=quiet, desc=desc, unit="block", leave=False, mininterval=0.5)
@@ -334,10 +279,10 @@ def compress(image, mode, model: DemoModel, quiet=True):
     ph, pw, _ = padded.shape
     order = block_order(ph, pw, block)
     msg = ans.InterleavedMessage.empty(LANES, PRECISION, underflow_seed=UNDERFLOW_SEED)
-    coder = _BlockCoder(model)
+    coder = _coder(model)
     with _deterministic_torch(), _progress(len(order), quiet, "compress") as bar:
         for r, c in order:
-            coder.encode(msg, padded[r:r + block, c:c + block].transpose(2, 0, 1))
+            coder.encode(msg, padded[None, r:r + block, c:c + block].transpose(0, 3, 1, 2))
             bar.update()
     header = dict(model_name=model.name, model_hash=model.hash,
                   height=int(image.shape[0]), width=int(image.shape[1]),
@@ -380,12 +325,12 @@ def decompress(data, model: DemoModel, quiet=True):
         raise DemoError("corrupted file: message parameters differ from the header")
     b, ph, pw = header["block"], header["padded_height"], header["padded_width"]
     padded = np.empty((ph, pw, 3), dtype=np.uint8)
-    coder = _BlockCoder(model)
+    coder = _coder(model)
     order = block_order(ph, pw, b)
     try:
         with _deterministic_torch(), _progress(len(order), quiet, "decompress") as bar:
             for r, c in reversed(order):
-                padded[r:r + b, c:c + b] = coder.decode(msg).transpose(1, 2, 0)
+                padded[r:r + b, c:c + b] = coder.decode(msg, 1)[0].transpose(1, 2, 0)
                 bar.update()
     except ValueError as exc:   # e.g. popping past the end of the message
         raise DemoError(f"decoding failed: {exc}") from None
