@@ -102,6 +102,28 @@ def test_padding_is_edge_replication():
     assert (padded[3, :3, 0] == image[1, :, 0]).all() and (padded[:2, 3, 0] == image[:, 2, 0]).all()
 
 
+def test_model_dir_with_authors_bins_format_and_float32(tmp_path):
+    """Bins that are not equal-width are stored in the authors' format; a
+    float32 checkpoint loads too; both code losslessly."""
+    path = imagecodec.random_model_dir(str(tmp_path), quantbits=6, seed=2, name="full",
+                                       half=False, full_bins=True, **TINY)
+    assert sorted(os.listdir(tmp_path)) == ["centres.pt", "checkpoint.pt", "endpoints.pt", "model.json"]
+    full = imagecodec.load_model(path)
+    assert full.bins.endpoints.shape == (2, 2 * 16 * 16, 63)
+    image = np.random.default_rng(4).integers(0, 256, (5, 40, 3), dtype=np.uint8)
+    assert np.array_equal(imagecodec.decompress(imagecodec.compress(image, "RGB", full).data, full)[0], image)
+
+
+def test_compact_bins_round_trip():
+    ranges = np.array([[[-3.0, 2.0], [0.0, 1.5]], [[-1.0, 1.0], [-7.0, 0.25]]])
+    ends, cents = imagecodec.expand_bins(ranges, 2, 5)
+    assert ends.shape == (3, 2, 31) and cents.shape == (3, 2, 32)
+    assert np.allclose(np.diff(ends[0, 0]), 5.0 / 32)
+    assert np.array_equal(imagecodec.compact_bins(ends, cents, 5), ranges)
+    ends[1, 1, 3] += 1e-3
+    assert imagecodec.compact_bins(ends, cents, 5) is None
+
+
 def test_codec_restores_torch_thread_count(model):
     import torch
     before = torch.get_num_threads()

@@ -108,8 +108,8 @@ def load_model(path=None, device="cpu"):
         name = str(desc["name"])
         arch = dict(desc["architecture"])
         quantbits = int(desc["quantbits"])
-        files = {k: os.path.normpath(os.path.join(base, desc[k]))
-                 for k in ("checkpoint", "endpoints", "centres")}
+        kinds = ("checkpoint", "bins") if "bins" in desc else ("checkpoint", "endpoints", "centres")
+        files = {k: os.path.normpath(os.path.join(base, desc[k])) for k in kinds}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DemoError(f"invalid model descriptor {path}: {type(exc).__name__}: {exc}") from None
     for kind, fpath in files.items():
@@ -119,7 +119,7 @@ def load_model(path=None, device="cpu"):
     # Identity: what determines the decoded bits (not the free-text notes).
     h = hashlib.sha256(json.dumps({"architecture": arch, "quantbits": quantbits},
                                   sort_keys=True).encode())
-    for kind in ("checkpoint", "endpoints", "centres"):
+    for kind in kinds:
         _file_sha256(files[kind], h)
 
     try:
@@ -140,10 +140,17 @@ def load_model(path=None, device="cpu"):
     zdim = int(np.prod(net.zdim))
     K = 1 << quantbits
     try:
-        ends = torch.load(files["endpoints"], map_location="cpu", weights_only=True)
-        cents = torch.load(files["centres"], map_location="cpu", weights_only=True)
-        ends = np.asarray(ends, dtype=np.float64)
-        cents = np.asarray(cents, dtype=np.float64)
+        if "bins" in files:
+            ranges = np.asarray(torch.load(files["bins"], map_location="cpu", weights_only=True),
+                                dtype=np.float64)
+            if ranges.shape != (net.nz - 1, zdim, 2):
+                raise ValueError(f"compact bins shaped {ranges.shape}, expected {(net.nz - 1, zdim, 2)}")
+            ends, cents = expand_bins(ranges, zdim, quantbits)
+        else:
+            ends = np.asarray(torch.load(files["endpoints"], map_location="cpu", weights_only=True),
+                              dtype=np.float64)
+            cents = np.asarray(torch.load(files["centres"], map_location="cpu", weights_only=True),
+                               dtype=np.float64)
     except Exception as exc:
         raise DemoError(f"model {name}: unreadable bins: {str(exc).splitlines()[0]}") from None
     if ends.shape != (net.nz, zdim, K - 1) or cents.shape != (net.nz, zdim, K):
@@ -394,21 +401,69 @@ def read_file(path):
 
 
 # ------------------------------------------------------- model directories
+# Bins of a shipped model are large in the authors' format (nz x zdim x 2^q
+# float64: 67 MB for nz=4, zdim=2048, q=10), yet discretization gives
+# equal-width bins between each dimension's sample min and max below the top
+# layer and the prior's equal-mass bins on top.  A model directory therefore
+# stores them compactly when they have that form: ``bins.pt`` holds the
+# (min, max) of every lower-layer dimension, float64 (nz-1, zdim, 2), and
+# both sides rebuild the same tables with ``expand_bins``.
 
-def write_model_dir(directory, net, endpoints, centres, quantbits, name, info=None, half=False):
+def expand_bins(ranges, zdim, quantbits):
+    """Compact (nz-1, zdim, 2) ranges -> authors' (endpoints, centres) arrays
+    (edges = linspace(min, max, K+1) as scikit-learn's 'uniform' strategy,
+    centres the midpoints; the top layer gets the prior's equal-mass bins)."""
+    from utils.distributions import prior_bins
+    K = 1 << quantbits
+    t = np.linspace(0.0, 1.0, K + 1)
+    lo, hi = ranges[..., 0:1], ranges[..., 1:2]
+    edges = lo + (hi - lo) * t                          # (nz-1, zdim, K+1)
+    edges[..., -1:] = hi
+    top_e, top_c = prior_bins(quantbits)
+    ends = np.concatenate([edges[..., 1:-1], np.broadcast_to(top_e, (1, zdim, K - 1))])
+    cents = np.concatenate([(edges[..., 1:] + edges[..., :-1]) / 2, np.broadcast_to(top_c, (1, zdim, K))])
+    return ends, cents
+
+
+def compact_bins(endpoints, centres, quantbits, rtol=1e-9):
+    """The (nz-1, zdim, 2) ranges that ``expand_bins`` turns back into these
+    bins (to rtol), or None when the bins do not have that form."""
+    endpoints, centres = np.asarray(endpoints, np.float64), np.asarray(centres, np.float64)
+    K = 1 << quantbits
+    lower_e = endpoints[:-1]
+    width = (lower_e[..., -1] - lower_e[..., 0]) / max(K - 2, 1)
+    ranges = np.stack([lower_e[..., 0] - width, lower_e[..., -1] + width], axis=-1)
+    ends, cents = expand_bins(ranges, endpoints.shape[1], quantbits)
+    scale = 1.0 + np.abs(endpoints).max()
+    if (ends.shape == endpoints.shape and cents.shape == centres.shape
+            and np.allclose(ends, endpoints, rtol=0, atol=rtol * scale)
+            and np.allclose(cents, centres, rtol=0, atol=rtol * scale)):
+        return ranges
+    return None
+
+
+def write_model_dir(directory, state_dict, architecture, endpoints, centres, quantbits, name,
+                    info=None, half=True):
     """Write a model directory the loader reads: ``model.json`` (descriptor),
-    ``checkpoint.pt`` (state dict, float16 when ``half``), ``endpoints.pt``
-    (float64 (nz, zdim, 2^q - 1)) and ``centres.pt`` (float64 (nz, zdim, 2^q)).
-    Returns the descriptor path."""
+    ``checkpoint.pt`` (the state dict, float16 when ``half``) and the bins:
+    ``bins.pt`` (compact, see ``compact_bins``) when possible, else the
+    authors' ``endpoints.pt`` / ``centres.pt``.  Returns the descriptor path.
+    Files are written in place; the content hash covers all of them."""
     os.makedirs(directory, exist_ok=True)
     state = {k: (v.half() if half and torch.is_floating_point(v) else v).detach().cpu().clone()
-             for k, v in net.state_dict().items()}
+             for k, v in state_dict.items()}
     torch.save(state, os.path.join(directory, "checkpoint.pt"))
-    torch.save(torch.as_tensor(np.asarray(endpoints, dtype=np.float64)), os.path.join(directory, "endpoints.pt"))
-    torch.save(torch.as_tensor(np.asarray(centres, dtype=np.float64)), os.path.join(directory, "centres.pt"))
-    desc = dict(name=name, architecture=net.architecture(), quantbits=int(quantbits),
-                checkpoint="checkpoint.pt", endpoints="endpoints.pt", centres="centres.pt",
-                info=info or {})
+    desc = dict(name=name, architecture=dict(architecture), quantbits=int(quantbits),
+                checkpoint="checkpoint.pt")
+    ranges = compact_bins(endpoints, centres, quantbits)
+    if ranges is not None:
+        torch.save(torch.from_numpy(ranges), os.path.join(directory, "bins.pt"))
+        desc["bins"] = "bins.pt"
+    else:
+        for key, array in (("endpoints", endpoints), ("centres", centres)):
+            torch.save(torch.from_numpy(np.array(array, dtype=np.float64)), os.path.join(directory, f"{key}.pt"))
+            desc[key] = f"{key}.pt"
+    desc["info"] = info or {}
     path = os.path.join(directory, "model.json")
     with open(path, "w") as f:
         json.dump(desc, f, indent=2)
@@ -416,19 +471,19 @@ def write_model_dir(directory, net, endpoints, centres, quantbits, name, info=No
     return path
 
 
-def random_model_dir(directory, quantbits=10, seed=0, name="random", half=False, **architecture):
-    """A random-init model with simple bins (prior bins on top, equal-width
-    bins on [-4, 4] below): for tests and timing only, it compresses badly."""
+def random_model_dir(directory, quantbits=10, seed=0, name="random", half=True, full_bins=False,
+                     **architecture):
+    """A random-init model with simple bins (equal-width on [-4, 4] below,
+    the prior's on top): for tests and timing only, it compresses badly.
+    ``full_bins`` perturbs one endpoint so the authors' format is written."""
     from model.hvae import HVAE
-    from utils.distributions import prior_bins
     torch.manual_seed(seed)
     net = HVAE(**architecture).eval()
     zdim = int(np.prod(net.zdim))
-    K = 1 << quantbits
-    edges = np.linspace(-4.0, 4.0, K + 1)
-    top_e, top_c = prior_bins(quantbits)
-    ends = np.stack([np.broadcast_to(edges[1:-1], (zdim, K - 1))] * (net.nz - 1)
-                    + [np.broadcast_to(top_e, (zdim, K - 1))])
-    cents = np.stack([np.broadcast_to((edges[1:] + edges[:-1]) / 2, (zdim, K))] * (net.nz - 1)
-                     + [np.broadcast_to(top_c, (zdim, K))])
-    return write_model_dir(directory, net, ends, cents, quantbits, name, half=half)
+    ranges = np.broadcast_to(np.array([-4.0, 4.0]), (net.nz - 1, zdim, 2)).copy()
+    ends, cents = expand_bins(ranges, zdim, quantbits)
+    if full_bins:
+        ends = ends.copy()
+        ends[0, 0, 0] = (ends[0, 0, 0] + ends[0, 0, 1]) / 2   # no longer equal-width
+    return write_model_dir(directory, net.state_dict(), net.architecture(), ends, cents,
+                           quantbits, name, half=half)
