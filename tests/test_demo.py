@@ -300,3 +300,29 @@ def test_cli_real_exit_status_on_bad_input(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "no such file" in result.stderr
     assert _files(tmp_path) == []
+
+
+def test_make_demo_model_packages_a_training_run(tmp_path):
+    """The coordinator's path: training run folder + authors' bins -> model dir."""
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import make_demo_model
+    import torch
+    from model.hvae import HVAE
+    from utils.bins import LatentBins
+    net = HVAE(**TINY).eval()
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(dict(architecture=net.architecture(), model=net.state_dict()), run / "checkpoint.pt")
+    torch.save(net.state_dict(), run / "model_best.pt")
+    zdim = 2 * 16 * 16
+    ranges = np.stack([np.full((1, zdim), -2.0), np.full((1, zdim), 3.0)], axis=-1)
+    LatentBins(*imagecodec.expand_bins(ranges, zdim, 6)).save(str(tmp_path / "bins"), "photos")
+    out = tmp_path / "demo"
+    make_demo_model.main(["--run", str(run), "--bins-dir", str(tmp_path / "bins"), "--dataset", "photos",
+                          "--quantbits", "6", "--name", "packaged", "--out", str(out)])
+    assert sorted(os.listdir(out)) == ["bins.pt", "checkpoint.pt", "model.json"]
+    model = imagecodec.load_model(str(out))
+    assert model.name == "packaged"
+    assert np.allclose(model.bins.endpoints[0], imagecodec.expand_bins(ranges, zdim, 6)[0][0])
+    image = np.random.default_rng(9).integers(0, 256, (9, 9, 3), dtype=np.uint8)
+    assert np.array_equal(imagecodec.decompress(imagecodec.compress(image, "RGB", model).data, model)[0], image)
