@@ -10,13 +10,16 @@
   midpoint.  Only min and max matter for 'uniform', so they are tracked
   while sampling (no need to hold the samples) and the discretizer is fitted
   on those two rows: same edges as fitting on all samples.
+imagenetcrop: the training data are fixed 32x32 patches of the photos in
+DATA_ROOT/imagenetcrop/train.
 Writes ``{out}/{dataset}_nz{nz}_zendpoints{q}.pt`` and ``..._zcentres{q}.pt``
-(the authors' format, see utils/bins.py).  Exit status 2 on bad input.
+(the authors' format) and the compact ``..._zranges{q}.pt`` (see
+utils/bins.py; ``--compact-only`` skips the large authors' files).  Exit
+status 2 on bad input.
 """
 import argparse
 import os
 import sys
-import warnings
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 if ROOT not in sys.path:
@@ -25,8 +28,7 @@ if ROOT not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from utils.bins import LatentBins  # noqa: E402
-from utils.distributions import prior_bins  # noqa: E402
+from utils.bins import LatentBins, ranges_path  # noqa: E402
 
 SAMPLES_PER_BIN = 30
 
@@ -73,34 +75,28 @@ def latent_ranges(model, train_images, samples, batch=256, seed=0, progress=True
     return lo, hi
 
 
-def uniform_bins(lo, hi, quantbits):
-    """Equal-width bins between lo and hi per dimension (KBinsDiscretizer
-    'uniform'): (inner endpoints (zdim, K-1), centres (zdim, K))."""
-    from sklearn.preprocessing import KBinsDiscretizer
-    K = 1 << quantbits
-    hi = np.maximum(hi, lo + 1e-6)          # a constant dimension still needs K bins
-    kbd = KBinsDiscretizer(n_bins=K, encode="ordinal", strategy="uniform")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        kbd.fit(np.stack([lo, hi]))
-    edges = np.stack(kbd.bin_edges_).astype(np.float64)         # (zdim, K + 1)
-    return edges[:, 1:-1], 0.5 * (edges[:, :-1] + edges[:, 1:])
-
-
 def derive_bins(model, train_images, quantbits=10, samples_per_bin=SAMPLES_PER_BIN,
                 batch=256, seed=0, progress=True):
-    """The bins of DESIGN.md section 4 for ``model`` as a LatentBins."""
+    """The bins of DESIGN.md section 4 for ``model`` as a LatentBins (with
+    its compact ``ranges``)."""
     nz, zdim = model.nz, int(np.prod(model.zdim))
-    K = 1 << quantbits
-    endpoints = np.empty((nz, zdim, K - 1))
-    centres = np.empty((nz, zdim, K))
-    e, c = prior_bins(quantbits)
-    endpoints[-1], centres[-1] = e, c
+    ranges = np.empty((nz - 1, zdim, 2))
     if nz > 1:
-        lo, hi = latent_ranges(model, train_images, samples_per_bin * K, batch, seed, progress)
-        for i in range(nz - 1):
-            endpoints[i], centres[i] = uniform_bins(lo[i], hi[i], quantbits)
-    return LatentBins(endpoints, centres)
+        lo, hi = latent_ranges(model, train_images, samples_per_bin * (1 << quantbits), batch,
+                               seed, progress)
+        ranges[..., 0], ranges[..., 1] = lo[:-1], hi[:-1]
+    return LatentBins.from_ranges(ranges, quantbits)
+
+
+def training_patches(root, count, seed=0):
+    """``count`` fixed 32x32 patches (uint8 N, 3, 32, 32) of the imagenetcrop
+    training photos (ROOT/imagenetcrop/train), spread evenly over the files."""
+    from utils.data import RandomPatches, list_image_files
+    files = list_image_files(os.path.join(root, "imagenetcrop", "train"))
+    patches = RandomPatches(files, deterministic=True, seed=seed,
+                            per_image=-(-count // len(files)))
+    pick = np.random.default_rng(seed).permutation(len(patches))[:count]
+    return np.stack([patches[int(i)][0].numpy().astype(np.uint8) for i in pick])
 
 
 def main(argv=None):
@@ -121,18 +117,21 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--compact-only", action="store_true",
+                   help="write only the compact ranges file, not the authors' (large) files")
     args = p.parse_args(argv)
     try:
         if not 1 <= args.quantbits <= 16:
             raise BadInput(f"--quantbits must be in [1, 16], got {args.quantbits}")
         params = args.params or os.path.join("params", args.dataset, f"nz{args.nz}")
         model = load_model(args.dataset, args.nz, params, args.device)
-        if args.dataset == "imagenetcrop":
-            raise BadInput("imagenetcrop bins: derive them from the 32x32 training patches "
-                           "(not implemented here); use the authors' bins files")
         try:
-            train = pad_to_model(args.dataset, load_images(args.dataset, "train", args.data_root,
-                                                           download=args.download))
+            if args.dataset == "imagenetcrop":
+                train = training_patches(args.data_root, args.samples_per_bin << args.quantbits,
+                                         args.seed)
+            else:
+                train = pad_to_model(args.dataset, load_images(args.dataset, "train", args.data_root,
+                                                               download=args.download))
         except DataNotFoundError as exc:
             raise BadInput(str(exc)) from None
         bins = derive_bins(model, train, args.quantbits, args.samples_per_bin, args.batch,
@@ -140,7 +139,9 @@ def main(argv=None):
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    paths = bins.save(args.out, args.dataset)
+    os.makedirs(args.out, exist_ok=True)
+    paths = [] if args.compact_only else list(bins.save(args.out, args.dataset))
+    paths.append(bins.save_ranges(ranges_path(args.out, args.dataset, args.nz, args.quantbits)))
     print("wrote " + ", ".join(paths))
     return 0
 

@@ -116,6 +116,33 @@ class HVAE(nn.Module):
                    nprocessing=cfg.nprocessing, resdepth=cfg.blocks, kernel=cfg.kernel,
                    dropout=cfg.dropout, conditional_xscale=cfg.conditional_xscale)
 
+    @staticmethod
+    def architecture_from_state_dict(state):
+        """The constructor arguments that fit a state dict in the reference
+        layout (the authors' checkpoint files carry no configuration): widths
+        and channels from the tensor shapes, nz and the residual depths from
+        the key names. ValueError when it is not an HVAE state dict."""
+        import re
+        try:
+            first = state["infer_in.1.v"]
+            width, channels = int(first.shape[0]), int(first.shape[1]) // 4
+            zchannels = int(state["infer_mu.v"].shape[0])
+            kernel = int(state["infer_mu.v"].shape[-1])
+        except (KeyError, AttributeError, IndexError) as exc:
+            raise ValueError(f"not a Bit-Swap HVAE state dict (missing {exc})") from None
+        nz = 1 + len({k.split(".")[1] for k in state if k.startswith("deepinfer_in.")})
+
+        def layers(prefix):  # residual layers of one block: <prefix>.0.res<w>layer<k>.conv1.v
+            pat = re.compile(re.escape(prefix) + r"\.0\.res\d+layer(\d+)\.conv1\.v$")
+            return len({m.group(1) for m in map(pat.match, state) if m})
+
+        resdepth = layers("infer_res1") + sum(layers(f"deepinfer_res.{i}") for i in range(nz - 1))
+        conditional = "gen_std" not in state
+        size = (32, 32) if conditional else tuple(int(d) for d in state["gen_std"].shape[1:])
+        return dict(xs=[channels, *size], nz=nz, zchannels=zchannels, width=width,
+                    nprocessing=layers("infer_res0"), resdepth=resdepth, kernel=kernel,
+                    conditional_xscale=conditional)
+
     def architecture(self):
         """The constructor arguments (what a checkpoint must agree with)."""
         return dict(xs=list(self.xs), nz=self.nz, zchannels=self.zchannels, width=self.width,

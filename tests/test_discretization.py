@@ -10,13 +10,13 @@ from sklearn.preprocessing import KBinsDiscretizer
 import discretization
 from test_benchmark_compress import write_mnist
 from test_bitsback import one_torch_thread, blobs, tiny_model  # noqa: F401 (autouse fixture)
-from utils.bins import BinsError, LatentBins, bins_paths
+from utils.bins import BinsError, LatentBins, bins_paths, ranges_path, uniform_bins
 from utils.distributions import prior_bins
 
 
 def test_uniform_bins_equal_kbinsdiscretizer_on_all_samples():
     samples = np.random.default_rng(0).logistic(size=(500, 6)) * np.arange(1, 7)
-    endpoints, centres = discretization.uniform_bins(samples.min(0), samples.max(0), 4)
+    endpoints, centres = uniform_bins(samples.min(0), samples.max(0), 4)
     full = KBinsDiscretizer(n_bins=16, encode="ordinal", strategy="uniform").fit(samples)
     edges = np.stack(full.bin_edges_)
     np.testing.assert_allclose(endpoints, edges[:, 1:-1], rtol=0, atol=1e-12)
@@ -95,3 +95,40 @@ def test_cli_writes_bins_from_checkpoint_and_idx_data(tmp_path, capsys):
     rc = discretization.main(["mnist", "--nz", "2", "--params", str(tmp_path / "none.pt"),
                               "--data-root", str(root), "--out", str(out)])
     assert rc == 2 and "none.pt not found" in capsys.readouterr().err
+
+
+def test_compact_ranges_round_trip_and_fallback(tmp_path):
+    ranges = np.array([[[-3.0, 2.0], [0.0, 1.5]], [[-1.0, 1.0], [-7.0, 0.25]]])
+    bins = LatentBins.from_ranges(ranges, 5)
+    assert bins.endpoints.shape == (3, 2, 31) and bins.centres.shape == (3, 2, 32)
+    np.testing.assert_allclose(np.diff(bins.endpoints[0, 0]), 5.0 / 32, rtol=1e-12)
+    np.testing.assert_array_equal(bins.endpoints[2, 0], prior_bins(5)[0])
+    path = bins.save_ranges(ranges_path(str(tmp_path), "mnist", 3, 5))
+    assert os.path.basename(path) == "mnist_nz3_zranges5.pt"
+    back = LatentBins.load(str(tmp_path), "mnist", 3, 5)    # no authors' files: the compact one
+    np.testing.assert_array_equal(back.endpoints, bins.endpoints)
+    np.testing.assert_array_equal(back.centres, bins.centres)
+    with pytest.raises(BinsError, match="not made from"):
+        LatentBins.prior_only(2, 2, 3).save_ranges(str(tmp_path / "x.pt"))
+    with pytest.raises(BinsError, match=r"\(nz-1, zdim, 2\)"):
+        LatentBins.from_ranges(np.zeros((2, 3)), 4)
+
+
+def test_cli_imagenetcrop_from_photo_patches_compact_only(tmp_path):
+    import synthetic_data as sd
+    sd.write_imagenetcrop(str(tmp_path / "data"), n_train=3, n_test=1)
+    from model.hvae import HVAE
+    torch.manual_seed(0)
+    model = HVAE(xs=(3, 32, 32), nz=2, zchannels=2, width=8, nprocessing=1, resdepth=2,
+                 conditional_xscale=True).eval()
+    ckpt = tmp_path / "model_best.pt"
+    torch.save(model.state_dict(), ckpt)        # plain state dict: architecture read off it
+    out = tmp_path / "bins"
+    rc = discretization.main(["imagenetcrop", "--nz", "2", "--quantbits", "4", "--params", str(ckpt),
+                              "--out", str(out), "--data-root", str(tmp_path / "data"),
+                              "--samples-per-bin", "2", "--no-progress", "--compact-only"])
+    assert rc == 0
+    assert sorted(os.listdir(out)) == ["imagenetcrop_nz2_zranges4.pt"]
+    bins = LatentBins.load(str(out), "imagenetcrop", 2, 4)
+    bins.check_model(model)
+    assert bins.ranges.shape == (1, 2 * 16 * 16, 2) and (bins.ranges[..., 1] > bins.ranges[..., 0]).all()

@@ -65,6 +65,29 @@ def test_state_dict_layout_equals_reference_checkpoints(key):
     assert got == expected
 
 
+@pytest.mark.parametrize("key", sorted(CHECKPOINT_KEYS))
+def test_architecture_inferred_from_reference_checkpoint_keys(key):
+    dataset, nz = key.split("_nz")
+    shapes = dict(CHECKPOINT_KEYS[key])
+    shapes.pop("width")
+    state = {k: torch.empty(v, device="meta") for k, v in shapes.items()}
+    arch = HVAE.architecture_from_state_dict(state)
+    cfg = config_for(dataset, nz=int(nz))
+    assert arch == cfg.architecture()
+
+
+@pytest.mark.parametrize("name", sorted(VECTORS))
+def test_architecture_inferred_from_vectors_state_dict(name):
+    entry = VECTORS[name]
+    arch = HVAE.architecture_from_state_dict(entry["state_dict"])
+    c = entry["config"]
+    assert (arch["nz"], arch["width"], arch["zchannels"], arch["nprocessing"], arch["resdepth"],
+            arch["kernel"], arch["xs"]) == (c["nz"], c["reswidth"], c["zchannels"], c["nprocessing"],
+                                            c["resdepth"], c["kernel_size"], list(c["xs"]))
+    with pytest.raises(ValueError, match="not a Bit-Swap HVAE"):
+        HVAE.architecture_from_state_dict({"foo": torch.zeros(1)})
+
+
 def test_reference_state_dict_round_trips_through_our_checkpoint():
     entry = VECTORS["mnist_like"]
     model = model_for_vectors(entry)

@@ -8,6 +8,13 @@ Layer 0 is z1 (next to the data), layer nz-1 the top layer (equal-mass bins
 under the prior Logistic(0, 1)).  Outer bins are open to -inf / +inf.
 A latent symbol k of layer i stands for ``centres[i, d, k]``.
 
+Compact form: below the top layer the bins are equal-width between each
+dimension's sample min and max, so ``{dataset}_nz{nz}_zranges{q}.pt`` (float64
+``(nz - 1, zdim, 2)``: min, max) determines every table; the authors' files
+of a 1,024-bin model are tens of MB, this one a few hundred KB.
+:meth:`LatentBins.from_ranges` rebuilds the tables with the same
+:func:`uniform_bins` that discretization.py uses, so both are identical.
+
 Invariants of :class:`LatentBins`: endpoints strictly increasing along the
 bin axis, ``centres`` one more bin than endpoints, both float64.
 """
@@ -29,6 +36,29 @@ def bins_paths(directory, dataset, nz, quantbits):
     return f"{stem}endpoints{quantbits}.pt", f"{stem}centres{quantbits}.pt"
 
 
+def ranges_path(directory, dataset, nz, quantbits):
+    """The compact file (see the module docstring), named like the authors' files."""
+    return os.path.join(directory, f"{dataset}_nz{nz}_zranges{quantbits}.pt")
+
+
+def uniform_bins(lo, hi, quantbits):
+    """2^q equal-width bins between lo and hi per dimension (scikit-learn's
+    KBinsDiscretizer, strategy 'uniform'): (inner endpoints (zdim, K-1),
+    centres (zdim, K)). Fitting on just the two rows (lo, hi) gives the same
+    edges as fitting on all the samples they are the min and max of."""
+    import warnings
+    from sklearn.preprocessing import KBinsDiscretizer
+    K = 1 << quantbits
+    lo = np.asarray(lo, dtype=np.float64)
+    hi = np.maximum(np.asarray(hi, dtype=np.float64), lo + 1e-6)  # a constant dimension still needs K bins
+    kbd = KBinsDiscretizer(n_bins=K, encode="ordinal", strategy="uniform")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kbd.fit(np.stack([lo, hi]))
+    edges = np.stack(kbd.bin_edges_).astype(np.float64)         # (zdim, K + 1)
+    return edges[:, 1:-1], 0.5 * (edges[:, :-1] + edges[:, 1:])
+
+
 class LatentBins:
     """Per-layer bins of every latent dimension, ready for coding."""
 
@@ -47,6 +77,7 @@ class LatentBins:
         self.endpoints = np.ascontiguousarray(endpoints)
         self.centres = np.ascontiguousarray(centres)
         self.nz, self.zdim, self.K = centres.shape
+        self.ranges = None      # set by from_ranges: the compact form, when known
         self.quantbits = int(round(np.log2(self.K)))
         self.layers = [Bins(endpoints[i]) for i in range(self.nz)]
         self._dim_index = np.arange(self.zdim)[None, :]
@@ -57,6 +88,45 @@ class LatentBins:
         tests, benchmarks: no trained model to derive bins from)."""
         e, c = prior_bins(quantbits)
         return cls(np.broadcast_to(e, (nz, zdim, e.size)), np.broadcast_to(c, (nz, zdim, c.size)))
+
+    @classmethod
+    def from_ranges(cls, ranges, quantbits):
+        """Equal-width bins between the (min, max) of ``ranges`` (nz-1, zdim, 2)
+        below, the prior's equal-mass bins on top."""
+        ranges = _as_array(ranges)
+        if ranges.ndim != 3 or ranges.shape[2] != 2:
+            raise BinsError(f"bin ranges must be shaped (nz-1, zdim, 2), got {ranges.shape}")
+        if not np.isfinite(ranges).all():
+            raise BinsError("bin ranges contain NaN or inf")
+        zdim = ranges.shape[1]
+        e, c = prior_bins(quantbits)
+        layers = [uniform_bins(r[:, 0], r[:, 1], quantbits) for r in ranges]
+        endpoints = np.stack([l[0] for l in layers] + [np.broadcast_to(e, (zdim, e.size))])
+        centres = np.stack([l[1] for l in layers] + [np.broadcast_to(c, (zdim, c.size))])
+        bins = cls(endpoints, centres)
+        bins.ranges = ranges
+        return bins
+
+    def save_ranges(self, path):
+        """Write the compact form atomically (BinsError if these bins have none)."""
+        if self.ranges is None:
+            raise BinsError("these bins were not made from (min, max) ranges; save the full files")
+        tmp = path + ".tmp"
+        torch.save(torch.from_numpy(np.array(self.ranges, dtype=np.float64)), tmp)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load_ranges(cls, path, quantbits):
+        if not os.path.exists(path):
+            raise BinsError(f"bins file {path} not found")
+        try:
+            t = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise BinsError(f"bins file {path} is unreadable: {exc}") from exc
+        if not torch.is_tensor(t):
+            raise BinsError(f"bins file {path} does not hold a tensor")
+        return cls.from_ranges(t, quantbits)
 
     def centre(self, layer, symbols):
         """Bin centres (float64, same shape as ``symbols`` (B, zdim))."""
@@ -70,7 +140,7 @@ class LatentBins:
                             f"has nz={model.nz} with {zdim} dims per layer")
 
     def save(self, directory, dataset):
-        """Write both files atomically; returns their paths."""
+        """Write the authors' two files atomically; returns their paths."""
         os.makedirs(directory, exist_ok=True)
         paths = bins_paths(directory, dataset, self.nz, self.quantbits)
         for path, array in zip(paths, (self.endpoints, self.centres)):
@@ -81,7 +151,12 @@ class LatentBins:
 
     @classmethod
     def load(cls, directory, dataset, nz, quantbits):
-        """Load the authors' files (either dtype, any device); BinsError if missing."""
+        """Load the authors' files (either dtype, any device), or else the
+        compact ranges file; BinsError if neither is there."""
+        compact = ranges_path(directory, dataset, nz, quantbits)
+        if not all(map(os.path.exists, bins_paths(directory, dataset, nz, quantbits))) \
+                and os.path.exists(compact):
+            return cls.load_ranges(compact, quantbits)
         arrays = []
         for path in bins_paths(directory, dataset, nz, quantbits):
             if not os.path.exists(path):

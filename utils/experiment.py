@@ -65,7 +65,7 @@ def pad_to_model(dataset, images):
     return images
 
 
-def load_model(dataset, nz, params, device="cpu", width=None):
+def load_model(dataset, nz, params, device="cpu"):
     """The trained HVAE from ``params``: the authors' raw state dict, or a dict
     with 'state_dict' (and optionally 'architecture')."""
     if not os.path.exists(params):
@@ -81,9 +81,8 @@ def load_model(dataset, nz, params, device="cpu", width=None):
     if not isinstance(state, dict) or "infer_in.1.v" not in state:
         raise BadInput(f"checkpoint {params} does not hold an HVAE state dict")
     arch = ckpt.get("architecture") if isinstance(ckpt.get("architecture"), dict) else None
-    if arch is None:
-        cfg = config_for(dataset, nz=nz, width=width or int(state["infer_in.1.v"].shape[0]))
-        arch = cfg.architecture()
+    if arch is None:  # a plain state dict (the authors' files, model_best.pt): read it off
+        arch = HVAE.architecture_from_state_dict(state)
     if int(arch["nz"]) != nz:
         raise BadInput(f"checkpoint {params} is for nz={arch['nz']}, not --nz {nz}")
     model = HVAE(**arch)
@@ -286,7 +285,6 @@ def build_parser(dataset):
     p.add_argument("--seed", type=int, default=protocol.SEED, help="image selection seed")
     p.add_argument("--params", default=None, help="checkpoint (default params/{dataset}/nz{nz})")
     p.add_argument("--bins", default="bins", help="directory of the bins files")
-    p.add_argument("--width", type=int, default=None, help="model width (default: from the checkpoint)")
     p.add_argument("--data-root", default="data")
     p.add_argument("--download", action="store_true")
     if dataset == "imagenetcrop":
@@ -308,7 +306,7 @@ def run(dataset, argv=None):
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BadInput(f"device {device} requested but CUDA is not available")
     params = args.params or os.path.join("params", dataset, f"nz{args.nz}")
-    model = load_model(dataset, args.nz, params, device, args.width)
+    model = load_model(dataset, args.nz, params, device)
     bins = load_bins(args.bins, dataset, model, args.quantbits)
     coder = BitsBackCoder(model, bins, bitswap=bool(args.bitswap), precision=args.precision,
                           device=device)

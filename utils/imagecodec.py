@@ -138,28 +138,17 @@ def load_model(path=None, device="cpu"):
     net.eval().to(device)
 
     zdim = int(np.prod(net.zdim))
-    K = 1 << quantbits
     try:
         if "bins" in files:
-            ranges = np.asarray(torch.load(files["bins"], map_location="cpu", weights_only=True),
-                                dtype=np.float64)
-            if ranges.shape != (net.nz - 1, zdim, 2):
-                raise ValueError(f"compact bins shaped {ranges.shape}, expected {(net.nz - 1, zdim, 2)}")
-            ends, cents = expand_bins(ranges, zdim, quantbits)
+            bins = LatentBins.load_ranges(files["bins"], quantbits)
         else:
-            ends = np.asarray(torch.load(files["endpoints"], map_location="cpu", weights_only=True),
-                              dtype=np.float64)
-            cents = np.asarray(torch.load(files["centres"], map_location="cpu", weights_only=True),
-                               dtype=np.float64)
-    except Exception as exc:
-        raise DemoError(f"model {name}: unreadable bins: {str(exc).splitlines()[0]}") from None
-    if ends.shape != (net.nz, zdim, K - 1) or cents.shape != (net.nz, zdim, K):
-        raise DemoError(f"model {name}: bins shapes {ends.shape}, {cents.shape} do not match "
-                        f"(nz={net.nz}, zdim={zdim}, 2^quantbits={K})")
-    try:
-        bins = LatentBins(ends, cents)
-    except (BinsError, ValueError) as exc:
-        raise DemoError(f"model {name}: invalid bins: {exc}") from None
+            bins = LatentBins(*(torch.load(files[k], map_location="cpu", weights_only=True)
+                                for k in ("endpoints", "centres")))
+    except (BinsError, OSError, RuntimeError) as exc:
+        raise DemoError(f"model {name}: unreadable or invalid bins: {str(exc).splitlines()[0]}") from None
+    if (bins.nz, bins.zdim, bins.K) != (net.nz, zdim, 1 << quantbits):
+        raise DemoError(f"model {name}: bins for nz={bins.nz}, {bins.zdim} dims, {bins.K} bins do not "
+                        f"match the model (nz={net.nz}, zdim={zdim}, 2^quantbits={1 << quantbits})")
     return DemoModel(name=name, hash=h.hexdigest(), net=net, quantbits=quantbits,
                      bins=bins, device=torch.device(device),
                      descriptor_path=path, info=desc.get("info", {}))
@@ -400,67 +389,25 @@ def read_file(path):
         raise DemoError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-# ------------------------------------------------------- model directories
-# Bins of a shipped model are large in the authors' format (nz x zdim x 2^q
-# float64: 67 MB for nz=4, zdim=2048, q=10), yet discretization gives
-# equal-width bins between each dimension's sample min and max below the top
-# layer and the prior's equal-mass bins on top.  A model directory therefore
-# stores them compactly when they have that form: ``bins.pt`` holds the
-# (min, max) of every lower-layer dimension, float64 (nz-1, zdim, 2), and
-# both sides rebuild the same tables with ``expand_bins``.
 
-def expand_bins(ranges, zdim, quantbits):
-    """Compact (nz-1, zdim, 2) ranges -> authors' (endpoints, centres) arrays
-    (edges = linspace(min, max, K+1) as scikit-learn's 'uniform' strategy,
-    centres the midpoints; the top layer gets the prior's equal-mass bins)."""
-    from utils.distributions import prior_bins
-    K = 1 << quantbits
-    t = np.linspace(0.0, 1.0, K + 1)
-    lo, hi = ranges[..., 0:1], ranges[..., 1:2]
-    edges = lo + (hi - lo) * t                          # (nz-1, zdim, K+1)
-    edges[..., -1:] = hi
-    top_e, top_c = prior_bins(quantbits)
-    ends = np.concatenate([edges[..., 1:-1], np.broadcast_to(top_e, (1, zdim, K - 1))])
-    cents = np.concatenate([(edges[..., 1:] + edges[..., :-1]) / 2, np.broadcast_to(top_c, (1, zdim, K))])
-    return ends, cents
-
-
-def compact_bins(endpoints, centres, quantbits, rtol=1e-9):
-    """The (nz-1, zdim, 2) ranges that ``expand_bins`` turns back into these
-    bins (to rtol), or None when the bins do not have that form."""
-    endpoints, centres = np.asarray(endpoints, np.float64), np.asarray(centres, np.float64)
-    K = 1 << quantbits
-    lower_e = endpoints[:-1]
-    width = (lower_e[..., -1] - lower_e[..., 0]) / max(K - 2, 1)
-    ranges = np.stack([lower_e[..., 0] - width, lower_e[..., -1] + width], axis=-1)
-    ends, cents = expand_bins(ranges, endpoints.shape[1], quantbits)
-    scale = 1.0 + np.abs(endpoints).max()
-    if (ends.shape == endpoints.shape and cents.shape == centres.shape
-            and np.allclose(ends, endpoints, rtol=0, atol=rtol * scale)
-            and np.allclose(cents, centres, rtol=0, atol=rtol * scale)):
-        return ranges
-    return None
-
-
-def write_model_dir(directory, state_dict, architecture, endpoints, centres, quantbits, name,
-                    info=None, half=True):
+def write_model_dir(directory, state_dict, architecture, bins, name, info=None, half=True):
     """Write a model directory the loader reads: ``model.json`` (descriptor),
     ``checkpoint.pt`` (the state dict, float16 when ``half``) and the bins:
-    ``bins.pt`` (compact, see ``compact_bins``) when possible, else the
-    authors' ``endpoints.pt`` / ``centres.pt``.  Returns the descriptor path.
+    ``bins.pt`` (the compact ranges of utils/bins.py: the authors' tables of
+    a 1,024-bin demo model would be 67 MB each) when ``bins`` has them, else
+    the authors' ``endpoints.pt`` / ``centres.pt``.  Returns the descriptor path.
     Files are written in place; the content hash covers all of them."""
     os.makedirs(directory, exist_ok=True)
     state = {k: (v.half() if half and torch.is_floating_point(v) else v).detach().cpu().clone()
              for k, v in state_dict.items()}
     torch.save(state, os.path.join(directory, "checkpoint.pt"))
-    desc = dict(name=name, architecture=dict(architecture), quantbits=int(quantbits),
+    desc = dict(name=name, architecture=dict(architecture), quantbits=int(bins.quantbits),
                 checkpoint="checkpoint.pt")
-    ranges = compact_bins(endpoints, centres, quantbits)
-    if ranges is not None:
-        torch.save(torch.from_numpy(ranges), os.path.join(directory, "bins.pt"))
+    if bins.ranges is not None:
+        bins.save_ranges(os.path.join(directory, "bins.pt"))
         desc["bins"] = "bins.pt"
     else:
-        for key, array in (("endpoints", endpoints), ("centres", centres)):
+        for key, array in (("endpoints", bins.endpoints), ("centres", bins.centres)):
             torch.save(torch.from_numpy(np.array(array, dtype=np.float64)), os.path.join(directory, f"{key}.pt"))
             desc[key] = f"{key}.pt"
     desc["info"] = info or {}
@@ -480,10 +427,10 @@ def random_model_dir(directory, quantbits=10, seed=0, name="random", half=True, 
     torch.manual_seed(seed)
     net = HVAE(**architecture).eval()
     zdim = int(np.prod(net.zdim))
-    ranges = np.broadcast_to(np.array([-4.0, 4.0]), (net.nz - 1, zdim, 2)).copy()
-    ends, cents = expand_bins(ranges, zdim, quantbits)
+    ranges = np.broadcast_to(np.array([-4.0, 4.0]), (net.nz - 1, zdim, 2))
+    bins = LatentBins.from_ranges(ranges, quantbits)
     if full_bins:
-        ends = ends.copy()
+        ends = bins.endpoints.copy()
         ends[0, 0, 0] = (ends[0, 0, 0] + ends[0, 0, 1]) / 2   # no longer equal-width
-    return write_model_dir(directory, net.state_dict(), net.architecture(), ends, cents,
-                           quantbits, name, half=half)
+        bins = LatentBins(ends, bins.centres)
+    return write_model_dir(directory, net.state_dict(), net.architecture(), bins, name, half=half)
