@@ -258,6 +258,14 @@ class Message(_MessageBase):
         """Copy of one lane's stack, bottom first."""
         return self._buf[lane, :self._top[lane]].copy()
 
+    def underflow_words(self, lane, count):
+        """The first ``count`` words this message's lane ``lane`` borrows when
+        popping past its stack bottom (``underflow_seed`` set), in borrowing
+        order, uint32: what a decoder pushes back there at the very end."""
+        if self.underflow_seed is None:
+            raise ValueError("this message borrows no words (no underflow_seed)")
+        return _hash_words(self.underflow_seed, lane, np.arange(count, dtype=np.uint64)).astype(np.uint32)
+
     # ----- serialization --------------------------------------------------------
     def to_array(self):
         """uint32 array: [magic, layout, precision, lanes, words per lane...,

@@ -179,11 +179,9 @@ def restored_initial_message(initial, borrowed_words):
     """What decoding everything must give back for a message that started as
     ``initial`` (an independent-lanes ``ans.Message`` with ``underflow_seed``)
     after the encoder borrowed ``borrowed_words`` words per lane: the borrowed
-    words end up below the initial stack, the first borrowed on top of them.
-    (utils/ans.py: word k borrowed by a lane is the hash of (seed, lane, k);
-    ans has no public accessor for it, hence the private call.)"""
+    words end up below the initial stack, the first borrowed on top of them."""
     stacks = []
     for lane, n in enumerate(np.asarray(borrowed_words).tolist()):
-        borrowed = ans._hash_words(initial.underflow_seed, lane, np.arange(n, dtype=np.uint64)[::-1])
-        stacks.append(np.concatenate([borrowed.astype(np.uint32), initial.stack(lane)]))
+        borrowed = initial.underflow_words(lane, n)[::-1]
+        stacks.append(np.concatenate([borrowed, initial.stack(lane)]))
     return ans.Message(initial.head.copy(), stacks, initial.precision)
