@@ -118,15 +118,8 @@ class LatentBins:
 
     @classmethod
     def load_ranges(cls, path, quantbits):
-        if not os.path.exists(path):
-            raise BinsError(f"bins file {path} not found")
-        try:
-            t = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise BinsError(f"bins file {path} is unreadable: {exc}") from exc
-        if not torch.is_tensor(t):
-            raise BinsError(f"bins file {path} does not hold a tensor")
-        return cls.from_ranges(t, quantbits)
+        """Bins from a compact ranges file (see ``save_ranges``)."""
+        return cls.from_ranges(_load_tensor(path), quantbits)
 
     def centre(self, layer, symbols):
         """Bin centres (float64, same shape as ``symbols`` (B, zdim))."""
@@ -157,24 +150,26 @@ class LatentBins:
         if not all(map(os.path.exists, bins_paths(directory, dataset, nz, quantbits))) \
                 and os.path.exists(compact):
             return cls.load_ranges(compact, quantbits)
-        arrays = []
-        for path in bins_paths(directory, dataset, nz, quantbits):
-            if not os.path.exists(path):
-                raise BinsError(f"bins file {path} not found; make it with "
-                                f"`python discretization.py {dataset} --nz {nz} --quantbits "
-                                f"{quantbits}` (needs the trained checkpoint)")
-            try:
-                t = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise BinsError(f"bins file {path} is unreadable: {exc}") from exc
-            if not torch.is_tensor(t):
-                raise BinsError(f"bins file {path} does not hold a tensor")
-            arrays.append(t)
-        bins = cls(*arrays)
+        hint = (f"; make it with `python discretization.py {dataset} --nz {nz} --quantbits "
+                f"{quantbits}` (needs the trained checkpoint)")
+        bins = cls(*(_load_tensor(path, hint) for path in bins_paths(directory, dataset, nz, quantbits)))
         if bins.K != 1 << quantbits:
             raise BinsError(f"bins in {directory} have {bins.K} bins per dimension, "
                             f"expected 2^{quantbits}")
         return bins
+
+
+def _load_tensor(path, hint=""):
+    """The tensor saved in ``path`` (any dtype, any device), or BinsError."""
+    if not os.path.exists(path):
+        raise BinsError(f"bins file {path} not found{hint}")
+    try:
+        t = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise BinsError(f"bins file {path} is unreadable: {exc}") from exc
+    if not torch.is_tensor(t):
+        raise BinsError(f"bins file {path} does not hold a tensor")
+    return t
 
 
 def _as_array(a):
