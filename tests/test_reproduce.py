@@ -1,0 +1,119 @@
+"""scripts/reproduce_mnist.py end to end on a tiny synthetic MNIST (idx files)
+with tiny checkpoints trained for two steps by the project's own trainer:
+bins derived, both schemes coded and decoded, codecs, figures, and a report
+whose numbers are the ones in the result files."""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from model import train as T
+from synthetic_data import write_mnist
+from scripts import reproduce_mnist as R
+
+TINY = ["--width", "8", "--zchannels", "1", "--nprocessing", "1", "--blocks", "2",
+        "--batch", "16", "--init-batches", "1", "--epochs", "1", "--interval", "1",
+        "--no-progress", "--threads", "1", "--log-every", "1"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def train_tiny(root, runs, nz, capsys):
+    out = runs / f"mnist_nz{nz}"
+    assert T.main("mnist", TINY + ["--nz", str(nz), "--data-root", str(root),
+                                   "--out", str(out)]) == 0
+    (runs / f"mnist_nz{nz}.log").write_text(capsys.readouterr().out)   # the stdout log
+    return out
+
+
+def row(text, label):
+    """Cells of the first table row starting with ``| label |``."""
+    line = next(ln for ln in text.splitlines() if ln.startswith(f"| {label} |"))
+    return [c.strip() for c in line.strip("|").split("|")][1:]
+
+
+def test_reproduce_end_to_end(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_mnist(str(data), n_train=32, n_test=12)
+    runs = tmp_path / "runs"
+    for nz in (1, 2):
+        train_tiny(data, runs, nz, capsys)
+    out, bins = tmp_path / "repro", tmp_path / "bins"
+    argv = ["--nz", "1,2", "--params-dir", str(runs), "--bins", str(bins), "--quantbits", "6",
+            "--samples-per-bin", "2", "--experiments", "2", "--images", "3",
+            "--data-root", str(data), "--out", str(out), "--threads", "1"]
+    assert R.main(argv) == 0, capsys.readouterr().err
+    report_path = out / "REPRODUCTION.md"
+    text = report_path.read_text()
+    report = json.loads((out / "reproduction.json").read_text())
+
+    # the command is stated, bins were derived (compact only), figures exist
+    assert "python scripts/reproduce_mnist.py " + " ".join(argv) in text
+    assert sorted(os.listdir(bins)) == ["mnist_nz1_zranges6.pt", "mnist_nz2_zranges6.pt"]
+    for fig in ("mnist_cma.png", "mnist_layers.png"):
+        assert (out / fig).stat().st_size > 1000 and f"]({fig})" in text
+
+    for nz in (1, 2):
+        section = text.split(f"### nz = {nz}")[1].split("###")[0]
+        for col, scheme in ((0, "bitswap"), (1, "bbans")):
+            prefix = out / "results" / f"mnist{nz}" / f"{scheme}_6bits"
+            summary = json.loads(open(f"{prefix}_summary.json").read())
+            assert summary["decoded"] and summary["experiments"] == 2 and summary["images"] == 3
+            # numbers recomputed from the raw arrays, independently of the summary
+            nets, elbos, cmas = (np.load(f"{prefix}_{k}.npy") for k in ("nets", "elbos", "cmas"))
+            expect = {"-ELBO": elbos.mean(), "net": nets.mean(),
+                      "net - ELBO": (nets - elbos).mean(),
+                      "CMA@1": cmas[:, 0].mean(), "CMA@3": cmas[:, 2].mean()}
+            for label, value in expect.items():
+                cells = row(section, label)
+                assert cells[col] == f"{value:.4f}", (nz, scheme, label, cells)
+                assert cells[col + 4] == f"{value * 1024 / 784:.4f}"
+            assert report["runs"][nz - 1][scheme]["summary"] == summary["summary"]
+            initial = np.load(f"{prefix}_initial.npy").max(1).mean()
+            assert row(section, "initial bits (per experiment)")[col] == f"{initial:.1f}"
+        # BB-ANS's first image pays for the initial bits: its CMA@1 is above its net
+        assert float(row(section, "CMA@1")[1]) > float(row(section, "net")[1])
+
+    # paper's numbers beside ours for nz=2 (CMA@100 not compared at 3 images)
+    summary_32 = text.split("bits/dim, 32x32:")[1].split("bits per pixel")[0]
+    assert "(0.980)" in row(summary_32, "2")[0] and "(2.640)" in row(summary_32, "2")[4]
+    assert "(" not in row(summary_32, "2")[2] and "(" not in row(summary_32, "1")[0]
+
+    # classical codecs: the benchmark JSON, same images as the compressors
+    bench = json.loads((out / "results" / "benchmark_mnist.json").read_text())
+    assert bench["indices"] == report["runs"][0]["bitswap"]["selection"]
+    lzma = bench["codecs"]["lzma"]
+    assert row(text, "LZMA")[0] == f"{lzma['bits_per_dim_mean']:.4f}"
+
+    # training budget from checkpoint.pt, TensorBoard and the stdout log
+    for nz in (1, 2):
+        ckpt = torch.load(runs / f"mnist_nz{nz}" / "checkpoint.pt", weights_only=False)
+        cells = row(text.split("## Training budget")[1], str(nz))
+        assert cells[1:5] == [str(ckpt["epoch"]), str(ckpt["step"]), "16", str(16 * ckpt["step"])]
+        assert cells[5] == f"{ckpt['best_elbo']:.4f}"
+        assert re.fullmatch(r"\d+ s", cells[6]) and re.fullmatch(r"\d+ s", cells[7])
+        assert cells[8] == "cpu"
+
+    # a hand-written discussion survives regeneration (results reused)
+    edited = text.replace("**TODO (next session): write the discussion here.**", "OUR WORDS")
+    report_path.write_text(edited)
+    assert R.main(argv + ["--reuse-results"]) == 0
+    again = report_path.read_text()
+    assert "OUR WORDS" in again and "TODO (next session): write the discussion" not in again
+    assert "reusing" in capsys.readouterr().out
+
+
+def test_missing_checkpoint_is_one_line_error(tmp_path, capsys):
+    assert R.main(["--nz", "2", "--params-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: checkpoint(s) not found") and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
