@@ -27,22 +27,13 @@ from model.hvae import HVAE  # noqa: E402
 from utils import ans  # noqa: E402
 from utils.bins import LatentBins  # noqa: E402
 from utils.bitsback import BitsBackCoder  # noqa: E402
-from utils.distributions import prior_bins  # noqa: E402
 
 
 def benchmark_bins(nz, zdim, quantbits=10, seed=0):
+    """Equal-width bins on about [-5, 5] below, the prior's on top."""
     rng = np.random.default_rng(seed)
-    K = 1 << quantbits
-    e, c = prior_bins(quantbits)
-    endpoints = np.empty((nz, zdim, K - 1))
-    centres = np.empty((nz, zdim, K))
-    endpoints[-1], centres[-1] = e, c
-    for i in range(nz - 1):
-        lo = -5.0 - rng.random((zdim, 1))
-        hi = 5.0 + rng.random((zdim, 1))
-        edges = lo + (hi - lo) * np.arange(K + 1)[None, :] / K
-        endpoints[i], centres[i] = edges[:, 1:-1], 0.5 * (edges[:, :-1] + edges[:, 1:])
-    return LatentBins(endpoints, centres)
+    ranges = np.stack([-5.0 - rng.random((nz - 1, zdim)), 5.0 + rng.random((nz - 1, zdim))], axis=-1)
+    return LatentBins.from_ranges(ranges, quantbits)
 
 
 def make_model(dataset, nz):
