@@ -114,6 +114,184 @@ def test_model_dir_with_authors_bins_format_and_float32(tmp_path):
     assert np.array_equal(imagecodec.decompress(imagecodec.compress(image, "RGB", full).data, full)[0], image)
 
 
+def test_codec_restores_torch_thread_count(model):
+    import torch
+    before = torch.get_num_threads()
+    imagecodec.compress(np.zeros((2, 2, 3), np.uint8), "RGB", model)
+    assert torch.get_num_threads() == before
+
+
+def test_cli_separate_processes_different_thread_counts(model_dir, tmp_path):
+    """Encode with 2 torch threads in one process, decode with 1 in another."""
+    image = np.random.default_rng(3).integers(0, 256, (37, 45, 3), dtype=np.uint8)
+    image[:, :20] = 90                                 # some structure, some noise
+    src, bsw, out = tmp_path / "in.png", tmp_path / "in.bsw", tmp_path / "out.png"
+    Image.fromarray(image).save(src)
+
+    def run(script, args, threads):
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        code = (f"import sys, torch; torch.set_num_threads({threads}); sys.argv = {[script] + args!r}; "
+                f"import runpy; runpy.run_path({os.path.join(REPO, script)!r}, run_name='__main__')")
+        return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    enc = run("image_compress.py", [str(src), "-o", str(bsw), "--model", model_dir, "--device", "cpu"], 2)
+    assert enc.returncode == 0, enc.stderr
+    assert "Bit-Swap" in enc.stdout and "PNG" in enc.stdout and "WebP" in enc.stdout
+    dec = run("image_decompress.py", [str(bsw), "-o", str(out), "--model", model_dir], 1)
+    assert dec.returncode == 0, dec.stderr
+    restored = np.asarray(Image.open(out))
+    assert restored.shape == image.shape and np.array_equal(restored, image)
+
+
+def test_cli_grayscale_comes_back_grayscale(model_dir, tmp_path, capsys):
+    image = np.random.default_rng(5).integers(0, 256, (20, 50), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "g.png")
+    status, out, _ = _run_cli(image_compress, [str(tmp_path / "g.png"), "--model", model_dir, "--quiet"], capsys)
+    assert status == 0 and out == ""
+    status, _, _ = _run_cli(image_decompress, [str(tmp_path / "g.bsw"), "--model", model_dir, "--quiet"], capsys)
+    assert status == 0
+    with Image.open(tmp_path / "g.decoded.png") as restored:
+        assert restored.mode == "L"
+        assert np.array_equal(np.asarray(restored), image)
+
+
+# ------------------------------------------------------------------- container
+
+def test_container_rejects_truncation_at_every_offset(model, small_file):
+    for n in range(len(small_file)):
+        with pytest.raises((ContainerError, imagecodec.DemoError)) as info:
+            imagecodec.decompress(small_file[:n], model)
+        message = str(info.value)
+        assert "\n" not in message
+        assert ("truncated" in message or "empty" in message), (n, message)
+
+
+def test_container_rejects_trailing_data(small_file):
+    with pytest.raises(ContainerError, match="trailing"):
+        container.unpack(small_file + b"\0")
+
+
+@pytest.mark.parametrize("where", ["header", "body", "checksum", "lengths"])
+def test_cli_rejects_flipped_bits(model_dir, small_file, tmp_path, capsys, where):
+    header_start = 22   # after magic, version and the two lengths
+    offset = {"header": header_start + 5, "body": len(small_file) - 32 - 40,
+              "checksum": len(small_file) - 1, "lengths": 14}[where]
+    for bit in (0, 7):
+        data = bytearray(small_file)
+        data[offset] ^= 1 << bit
+        (tmp_path / "bad.bsw").write_bytes(bytes(data))
+        before = _files(tmp_path)
+        status, _, err = _run_cli(image_decompress, [str(tmp_path / "bad.bsw"), "-o",
+                                                     str(tmp_path / "out.png"), "--model", model_dir], capsys)
+        _assert_clean_failure(status, err, tmp_path, before)
+        assert "corrupted" in err or "truncated" in err
+
+
+def test_cli_rejects_other_model(model_dir, small_file, tmp_path, capsys):
+    other = imagecodec.random_model_dir(str(tmp_path / "other"), quantbits=8, seed=1, name="other", **TINY)
+    (tmp_path / "f.bsw").write_bytes(small_file)
+    before = _files(tmp_path)
+    status, _, err = _run_cli(image_decompress, [str(tmp_path / "f.bsw"), "--model", other], capsys)
+    _assert_clean_failure(status, err, tmp_path, before, "'tiny'", "--model")
+
+
+def test_cli_rejects_non_container(model_dir, tmp_path, capsys):
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "x.png")
+    for name, data in [("png.bsw", (tmp_path / "x.png").read_bytes()), ("text.bsw", b"hello world\n"),
+                       ("empty.bsw", b"")]:
+        (tmp_path / name).write_bytes(data)
+        before = _files(tmp_path)
+        status, _, err = _run_cli(image_decompress, [str(tmp_path / name), "--model", model_dir], capsys)
+        _assert_clean_failure(status, err, tmp_path, before, "container")
+
+
+def test_container_header_validation():
+    header = dict.fromkeys(container.HEADER_FIELDS, 1)
+    header.update({k: "x" for k, t in container.HEADER_FIELDS.items() if t is str})
+    data = container.pack(header, b"abcd")
+    assert container.unpack(data) == (header, b"abcd")
+    del header["lanes"]
+    with pytest.raises(ContainerError, match="lanes"):
+        container.pack(header, b"")
+
+
+# ----------------------------------------------------------------- bad inputs
+
+def _png(width, height, bitdepth, colortype, samples_per_pixel, palette=None):
+    """A valid PNG built by hand (Pillow cannot write 16-bit RGB)."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    row = b"\0" + bytes(width * samples_per_pixel * bitdepth // 8)
+    out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bitdepth,
+                                                            colortype, 0, 0, 0))
+    if palette:
+        out += chunk(b"PLTE", palette)
+    return out + chunk(b"IDAT", zlib.compress(row * height)) + chunk(b"IEND", b"")
+
+
+def _jpeg_bytes():
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _png_bytes(array):
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "PNG")
+    return buf.getvalue()
+
+
+BAD_IMAGES = {
+    "rgb16.png": (lambda: _png(4, 4, 16, 2, 3), "16-bit"),
+    "gray16.png": (lambda: _png(4, 4, 16, 0, 1), "16-bit"),
+    "palette.png": (lambda: _png(4, 4, 8, 3, 1, palette=bytes(range(6))), "palette"),
+    "rgba.png": (lambda: _png_bytes(np.zeros((4, 4, 4), np.uint8)), "RGBA"),
+    "empty.png": (lambda: _png(0, 0, 8, 2, 3), "image"),
+    "trunc.png": (lambda: _png_bytes(np.random.default_rng(1).integers(0, 256, (64, 64, 3),
+                                                                       dtype=np.uint8))[:400], "truncated"),
+    "trunc.jpg": (lambda: _jpeg_bytes()[:600], "truncated"),
+    "zero.png": (lambda: b"", "empty"),
+    "notes.txt": (lambda: b"not an image at all\n", "not an image"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_IMAGES))
+def test_cli_rejects_bad_images(model_dir, tmp_path, capsys, name):
+    make, word = BAD_IMAGES[name]
+    (tmp_path / name).write_bytes(make())
+    before = _files(tmp_path)
+    status, _, err = _run_cli(image_compress, [str(tmp_path / name), "--model", model_dir], capsys)
+    _assert_clean_failure(status, err, tmp_path, before, word)
+
+
+def test_cli_rejects_missing_path_directory_and_bad_output(model_dir, tmp_path, capsys):
+    before = _files(tmp_path)
+    status, _, err = _run_cli(image_compress, [str(tmp_path / "nope.png"), "--model", model_dir], capsys)
+    _assert_clean_failure(status, err, tmp_path, before, "no such file")
+    status, _, err = _run_cli(image_compress, [str(tmp_path), "--model", model_dir], capsys)
+    _assert_clean_failure(status, err, tmp_path, before, "directory")
+    status, _, err = _run_cli(image_decompress, [str(tmp_path / "nope.bsw"), "--model", model_dir], capsys)
+    _assert_clean_failure(status, err, tmp_path, before, "no such file")
+
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "ok.png")
+    before = _files(tmp_path)
+    status, _, err = _run_cli(image_compress, [str(tmp_path / "ok.png"), "-o", str(tmp_path / "no" / "x.bsw"),
+                                               "--model", model_dir], capsys)
+    _assert_clean_failure(status, err, tmp_path, before, "cannot write")
+    status, _, err = _run_cli(image_compress, [str(tmp_path / "ok.png"), "-o", str(tmp_path / "ok.png"),
+                                               "--model", model_dir], capsys)
+    _assert_clean_failure(status, err, tmp_path, before, "--force")
+
+
+def test_cli_real_exit_status_on_bad_input(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(REPO, "image_compress.py"), str(tmp_path / "nope.png")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "no such file" in result.stderr
+    assert _files(tmp_path) == []
+
+
 def test_make_demo_model_packages_a_training_run(tmp_path):
     """The coordinator's path: training run folder + authors' bins -> model dir."""
     sys.path.insert(0, os.path.join(REPO, "scripts"))
