@@ -317,3 +317,16 @@ def test_make_demo_model_packages_a_training_run(tmp_path):
     assert np.array_equal(model.bins.endpoints, expected.endpoints)
     image = np.random.default_rng(9).integers(0, 256, (9, 9, 3), dtype=np.uint8)
     assert np.array_equal(imagecodec.decompress(imagecodec.compress(image, "RGB", model).data, model)[0], image)
+
+
+def test_shipped_model_loads_and_round_trips_a_crop_of_the_sample():
+    """models/demo (what README command 1 uses) is complete and consistent."""
+    shipped = imagecodec.load_model(None, "cpu")
+    assert shipped.name == "photos-nz2-w64"
+    image, mode = imagecodec.load_image(os.path.join(REPO, "samples", "chelsea.png"))
+    crop = np.ascontiguousarray(image[100:164, 200:264])
+    result = imagecodec.compress(crop, mode, shipped)
+    decoded, back_mode = imagecodec.decompress(result.data, shipped)
+    assert back_mode == "RGB" and np.array_equal(decoded, crop)
+    # a trained model codes a photo crop well below 8 bits/dim net of the fixed costs
+    assert (result.message_bits - result.initial_bits - result.head_bits) / crop.size < 7.0
