@@ -113,6 +113,22 @@ def _hash_words(seed, lane, index):
     return (z >> _WORD_BITS).astype(np.uint32)
 
 
+def _parse_header(arr, layout, what, header_words):
+    """Check the serialized header of a message of ``layout``: returns the
+    words as uint64 with its precision and lane count; ValueError otherwise."""
+    arr = np.asarray(arr)
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise ValueError("not a message: expected a 1-D integer array")
+    arr = arr.astype(np.uint64)
+    if arr.size < 4 or arr[0] != _MAGIC or arr[1] != layout:
+        raise ValueError(f"not {what} message (bad header)")
+    precision, lanes = int(arr[2]), int(arr[3])
+    _check_precision(precision)
+    if lanes < 1 or arr.size < header_words(lanes):
+        raise ValueError("not a message: truncated header")
+    return arr, precision, lanes
+
+
 def _check_interval(start, freq, precision):
     """Validate (start, freq) handed to the low-level verbs."""
     start = np.asarray(start)
@@ -278,16 +294,8 @@ class Message(_MessageBase):
 
     @classmethod
     def from_array(cls, arr, underflow_seed=None):
-        arr = np.asarray(arr)
-        if arr.ndim != 1 or arr.dtype.kind not in "iu":
-            raise ValueError("not a message: expected a 1-D integer array")
-        arr = arr.astype(np.uint64)
-        if arr.size < 4 or arr[0] != _MAGIC or arr[1] != _LAYOUT_INDEPENDENT:
-            raise ValueError("not an independent-lanes message (bad header)")
-        precision, lanes = int(arr[2]), int(arr[3])
-        _check_precision(precision)
-        if lanes < 1 or arr.size < 4 + 3 * lanes:
-            raise ValueError("not a message: truncated header")
+        arr, precision, lanes = _parse_header(arr, _LAYOUT_INDEPENDENT, "an independent-lanes",
+                                              lambda lanes: 4 + 3 * lanes)
         counts = arr[4:4 + lanes].astype(np.int64)
         lohi = arr[4 + lanes:4 + 3 * lanes].reshape(lanes, 2)
         head = lohi[:, 0] | (lohi[:, 1] << _WORD_BITS)
@@ -477,16 +485,8 @@ class InterleavedMessage(_MessageBase):
 
     @classmethod
     def from_array(cls, arr, underflow_seed=None):
-        arr = np.asarray(arr)
-        if arr.ndim != 1 or arr.dtype.kind not in "iu":
-            raise ValueError("not a message: expected a 1-D integer array")
-        arr = arr.astype(np.uint64)
-        if arr.size < 4 or arr[0] != _MAGIC or arr[1] != _LAYOUT_INTERLEAVED:
-            raise ValueError("not an interleaved message (bad header)")
-        precision, lanes = int(arr[2]), int(arr[3])
-        _check_precision(precision)
-        if lanes < 1 or arr.size < 6 + 2 * lanes:
-            raise ValueError("not a message: truncated header")
+        arr, precision, lanes = _parse_header(arr, _LAYOUT_INTERLEAVED, "an interleaved",
+                                              lambda lanes: 6 + 2 * lanes)
         length = int(arr[4]) | (int(arr[5]) << 32)
         lohi = arr[6:6 + 2 * lanes].reshape(lanes, 2)
         head = lohi[:, 0] | (lohi[:, 1] << _WORD_BITS)
