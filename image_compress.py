@@ -13,7 +13,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from utils import imagecodec  # noqa: E402
-from utils.container import ContainerError  # noqa: E402
 
 
 def parse_args(argv):
@@ -56,7 +55,8 @@ def print_table(rows, dims, result):
 def main(argv=None):
     args = parse_args(argv)
     out = args.output or os.path.splitext(args.image)[0] + ".bsw"
-    try:
+
+    def work():
         image, mode = imagecodec.load_image(args.image)
         imagecodec.check_output_path(out, args.force)
         model = imagecodec.load_model(args.model, imagecodec.pick_device(args.device))
@@ -71,13 +71,8 @@ def main(argv=None):
             print(f"{args.image}: {w}x{h} {mode}, model {model.name}")
             print_table(table_rows(image, result, not args.no_table), image.size, result)
             print(f"wrote {out}")
-    except (imagecodec.DemoError, ContainerError) as exc:
-        print(f"image_compress: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("image_compress: interrupted, nothing written", file=sys.stderr)
-        return 130
-    return 0
+
+    return imagecodec.run_cli("image_compress", work)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from utils import imagecodec  # noqa: E402
-from utils.container import ContainerError  # noqa: E402
 
 
 def parse_args(argv):
@@ -31,7 +30,8 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     out = args.output or os.path.splitext(args.container)[0] + ".decoded.png"
-    try:
+
+    def work():
         data = imagecodec.read_file(args.container)
         header, _ = imagecodec.container.unpack(data)      # fail fast on a bad file
         imagecodec.check_output_path(out, args.force)
@@ -41,13 +41,8 @@ def main(argv=None):
         imagecodec.write_atomic(out, imagecodec.png_bytes(image, mode))
         if not args.quiet:
             print(f"{args.container}: {image.shape[1]}x{image.shape[0]} {mode}, checksum verified; wrote {out}")
-    except (imagecodec.DemoError, ContainerError) as exc:
-        print(f"image_decompress: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("image_decompress: interrupted, nothing written", file=sys.stderr)
-        return 130
-    return 0
+
+    return imagecodec.run_cli("image_decompress", work)
 
 
 if __name__ == "__main__":

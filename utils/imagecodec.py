@@ -339,6 +339,22 @@ def decompress(data, model: DemoModel, quiet=True):
 
 # -------------------------------------------------------------------- output
 
+def run_cli(prog, body):
+    """Exit status of a demo command: ``body()`` runs the work; a DemoError or
+    ContainerError becomes one line on stderr and status 1, Ctrl-C status 130
+    (outputs are only ever written atomically, so nothing is left behind)."""
+    import sys
+    try:
+        body()
+    except (DemoError, ContainerError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted, nothing written", file=sys.stderr)
+        return 130
+    return 0
+
+
 def check_output_path(path, force=False):
     """Fail early (before any coding) if ``path`` cannot be written."""
     if os.path.isdir(path):
