@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from utils.distributions import discretized_logistic_logp, logistic_logp
 from utils.modules import (INV_SOFTPLUS_ONE, Squeeze2d, UnSqueeze2d, WnConv2d,
-                           data_dependent_init, deal_round_robin, residual_block)
+                           data_dependent_init, deal_round_robin, residual_block,
+                           twin_conv)
 
 LOG2 = math.log(2.0)
 PIXEL_BIN = 2.0 / 255.0
@@ -165,10 +166,10 @@ class HVAE(nn.Module):
         if i == 0:
             h = self._nhwc(self.infer_in((given - 127.5) / 127.5))
             h = self.infer_res1(self.infer_res0(h))
-            mu, s = self.infer_mu(h), self.infer_std(h)
+            mu, s = twin_conv(self.infer_mu, self.infer_std, h)
         elif 0 < i < self.nz:
             h = self.deepinfer_res[i - 1](self._nhwc(self.deepinfer_in[i - 1](given)))
-            mu, s = self.deepinfer_mu[i - 1](h), self.deepinfer_std[i - 1](h)
+            mu, s = twin_conv(self.deepinfer_mu[i - 1][0], self.deepinfer_std[i - 1][0], h)
         else:
             raise IndexError(f"infer index {i} out of range for nz={self.nz}")
         return mu.contiguous(), (0.1 + 0.9 * torch.sigmoid(s + 2.0)).contiguous()
@@ -183,7 +184,7 @@ class HVAE(nn.Module):
             return mu, (PIXEL_BIN / 8.0 + F.softplus(s)).expand_as(mu)
         if 0 < i < self.nz:
             h = self.deepgen_res[i - 1](self._nhwc(self.deepgen_in[i - 1](given)))
-            mu, s = self.deepgen_mu[i - 1](h), self.deepgen_std[i - 1](h)
+            mu, s = twin_conv(self.deepgen_mu[i - 1][0], self.deepgen_std[i - 1][0], h)
             return mu.contiguous(), (0.1 + 0.9 * F.softplus(s + INV_SOFTPLUS_ONE)).contiguous()
         raise IndexError(f"generate index {i} out of range for nz={self.nz}")
 

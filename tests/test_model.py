@@ -106,6 +106,10 @@ def test_dropout_keeps_expectation_and_rate():
     assert abs((out == 0).float().mean().item() - 0.2) < 0.005
     assert torch.allclose(out[out != 0], torch.tensor(1.25))
     assert abs(out.mean().item() - 1.0) < 0.01
+    # each of the four 16-bit slices of a 64-bit draw drops at the same rate
+    per_slice = (out.view(-1, 4) == 0).float().mean(0)
+    assert torch.all((per_slice - 0.2).abs() < 0.01), per_slice
+    assert abs(d.p_eff - 0.2) < 1e-5
     d.eval()
     assert torch.equal(d(h), h)
 

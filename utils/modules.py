@@ -1,9 +1,9 @@
 """Network building blocks of the hierarchical VAE.
 
 Owns: the weight-normalised convolution with data-dependent initialisation
-(`WnConv2d`), the residual layer and the stack of residual layers, the 2x2
-squeeze/unsqueeze (space <-> channels) and the identity used where a block
-has no layers.
+(`WnConv2d`), a fused pair of heads on one input (`twin_conv`), the
+residual layer and the stack of residual layers, the 2x2 squeeze/unsqueeze
+(space <-> channels) and the identity used where a block has no layers.
 
 Invariants (they keep the authors' checkpoints loadable unchanged):
 * parameter names are the reference's: a convolution holds `v` (direction),
@@ -74,6 +74,24 @@ class WnConv2d(nn.Module):
         return F.conv2d(x, self.weight(), self.b, 1, self.padding)
 
 
+def twin_conv(first, second, h):
+    """`(first(h), second(h))` for two `WnConv2d` heads reading the same
+    input (a latent's mu and scale), computed as one convolution.
+
+    Why: heads with a handful of output channels cost about one pass over
+    `h` each, so one pass for both halves that; feeding oneDNN a
+    channels_last input is faster again for so few outputs (measured on the
+    2-core AVX2 CPU, forward + backward, 128x61x16x16 -> 1 channel: two
+    separate convolutions 28.7 ms, one on channels_last 13.4 ms). The result
+    equals the two separate convolutions up to float rounding."""
+    if first.init_pending or second.init_pending:
+        return first(h), second(h)   # data-dependent init needs each conv's own pass
+    weight = torch.cat([first.weight(), second.weight()])
+    bias = torch.cat([first.b, second.b])
+    out = F.conv2d(h.contiguous(memory_format=torch.channels_last), weight, bias, 1, first.padding)
+    return out[:, :first.out_channels], out[:, first.out_channels:]
+
+
 @contextlib.contextmanager
 def data_dependent_init(module):
     """Within this context, the next forward pass of every `WnConv2d` inside
@@ -89,24 +107,36 @@ def data_dependent_init(module):
 
 
 class Dropout(nn.Module):
-    """Inverted dropout (keep with probability 1 - p, scale by 1/(1 - p)),
-    the same distribution as nn.Dropout. Built from a uniform draw and a
-    float mask because that is several times faster on CPU than
-    nn.Dropout's bernoulli_ path (measured ~45 ms -> ~10 ms per
-    128x61x16x16 activation), a visible share of a training step."""
+    """Inverted dropout: keep an activation with probability 1 - p and scale
+    it by 1 / (1 - p), like nn.Dropout, but several times faster on CPU
+    (measured 40 ms -> 10 ms per 128x61x16x16 activation, one thread).
+
+    Why: nn.Dropout's bernoulli_ and torch.rand_like draw one 32-bit number
+    per element, which dominates its cost on CPU. Here one 64-bit draw gives
+    four 16-bit uniforms, so the drop probability is p rounded to a multiple
+    of 2^-16 (`p_eff`, within 8e-6 of p) and the scale is 1 / (1 - p_eff),
+    keeping the expectation exact."""
 
     def __init__(self, p):
         super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = float(p)
+        self.threshold = round(self.p * 65536)          # drop when u16 < threshold
+        self.p_eff = self.threshold / 65536.0
 
     def extra_repr(self):
         return f"p={self.p}"
 
     def forward(self, h):
-        if not self.training or self.p == 0.0:
+        if not self.training or self.threshold == 0:
             return h
-        keep = (torch.rand_like(h) >= self.p).to(h.dtype).mul_(1.0 / (1.0 - self.p))
-        return h * keep
+        n = h.numel()
+        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=h.device)
+        words.random_(-2 ** 63, 2 ** 63 - 1)             # all 64 bits random
+        u16 = words.view(torch.int16)[:n].view(h.shape)  # signed: -32768..32767
+        drop = u16 < (self.threshold - 32768)
+        return (h * (1.0 / (1.0 - self.p_eff))).masked_fill(drop, 0.0)
 
 
 class ResidualLayer(nn.Module):
