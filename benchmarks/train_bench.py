@@ -2,7 +2,13 @@
 batch 128) through the real training step (forward, backward, gradient
 clipping, Adam, EMA). Not a test: run it and quote the median.
 
-  python benchmarks/train_bench.py [--steps 12 --repeats 3 --nz 8 --width 61]
+  python benchmarks/train_bench.py [--steps 12 --repeats 3 --nz 8 --width 61] [--ceiling]
+
+--ceiling also times, in the same run, forward + backward of every
+convolution with at least 16 input and output channels at the model's own
+shapes (the residual layers: most of the arithmetic) with nothing else, and
+prints the images/s a step could reach if everything else were free: an
+upper bound set by this CPU's convolution kernels.
 """
 import argparse
 import os
@@ -33,6 +39,8 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--channels-last", action="store_true",
                    help="hidden activations in channels_last (HVAE.channels_last)")
+    p.add_argument("--ceiling", action="store_true",
+                   help="also time the large convolutions alone (an upper bound on images/s)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -63,11 +71,48 @@ def main():
         cpu_rates.append(a.steps * a.batch / cpu)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     layout = "channels_last" if a.channels_last else "NCHW"
+    if a.ceiling:
+        ceiling, gflop = conv_ceiling(trainer.model, x, a.repeats)
+        print(f"large convolutions alone (forward + backward, {gflop:.2f} GFLOP per image): "
+              f"median {ceiling:.1f} images/s: the most a training step can reach here")
     print(f"{layout} {a.dataset} nz={cfg.nz} width={cfg.width} batch={a.batch} on {trainer.device} "
           f"({torch.get_num_threads()} threads, load avg {load:.2f}): "
           f"median {statistics.median(rates):.1f} images/s "
           f"(runs: {', '.join(f'{r:.1f}' for r in rates)}); CPU-time rate median "
           f"{statistics.median(cpu_rates):.1f} images/s")
+
+
+def conv_ceiling(model, x, repeats):
+    """(images/s, GFLOP per image) of forward + backward of the model's large
+    convolutions alone, each timed at the shapes one training batch gives it."""
+    import torch.nn.functional as F
+    from utils.modules import WnConv2d
+    shapes = []
+    hooks = [m.register_forward_hook(lambda m, inp, out: shapes.append(
+        (tuple(inp[0].shape), tuple(m.v.shape), m.padding)))
+        for m in model.modules()
+        if isinstance(m, WnConv2d) and m.in_channels >= 16 and m.out_channels >= 16]
+    with torch.no_grad():
+        model.loss(x)
+    for h in hooks:
+        h.remove()
+    calls = [(torch.randn(xs, requires_grad=True), torch.randn(ws, requires_grad=True), pad)
+             for xs, ws, pad in shapes]
+    grads = [torch.randn(xs[0], ws[0], xs[2], xs[3]) for xs, ws, _ in shapes]
+    macs = sum(xs[0] * xs[2] * xs[3] * int(np.prod(ws)) for xs, ws, _ in shapes)
+
+    def one_pass():
+        for (inp, w, pad), g in zip(calls, grads):
+            torch.autograd.grad(F.conv2d(inp, w, None, 1, pad), (inp, w), g)
+    one_pass()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        one_pass()
+        times.append(time.perf_counter() - t)
+    batch = x.shape[0]
+    # forward + input gradient + weight gradient: 3 x 2 FLOP per multiply-add
+    return batch / statistics.median(times), 6 * macs / batch / 1e9
 
 
 if __name__ == "__main__":
