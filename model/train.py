@@ -10,7 +10,8 @@ with t the number of steps since `decay_start`, gradient-norm clipping,
 free bits per latent layer and channel, evaluation of the test ELBO (plain,
 no free bits) with EMA weights every `interval` epochs, best kept.
 
-EMA: shadow = 0.999 * shadow + 0.001 * param after every step. (The
+EMA: shadow = 0.999 * shadow + 0.001 * param after every step, with a
+warm-up over the first few thousand steps (see `EMA`). (The
 reference's EMA multiplies the NEW value by 0.999 and the shadow by 0.001, so
 its "EMA" weights are practically the current weights; this is the correct
 average.)
@@ -118,16 +119,28 @@ def learning_rate(cfg, step):
 
 
 class EMA:
-    """shadow = decay * shadow + (1 - decay) * param, for every parameter."""
+    """shadow = d * shadow + (1 - d) * param after every step, for every
+    parameter, with d = min(decay, (1 + t) / (10 + t)) at update t = 0, 1, ...
+
+    The warm-up (TensorFlow's ExponentialMovingAverage with num_updates)
+    keeps the average from being dominated by the random initial weights in
+    short runs: with a constant 0.999 the initial weights still carry 63% of
+    the weight after 468 steps (one MNIST epoch), which measured a test ELBO
+    of 2.52 bits/dim against 1.40 for the raw weights."""
 
     def __init__(self, model, decay):
         self.decay = decay
         self.shadow = {k: p.detach().clone() for k, p in model.named_parameters()}
 
+    def decay_at(self, t):
+        return min(self.decay, (1.0 + t) / (10.0 + t))
+
     @torch.no_grad()
-    def update(self, model):
+    def update(self, model, t):
+        """Fold in the parameters after update number t (0-based)."""
+        d = self.decay_at(t)
         for k, p in model.named_parameters():
-            self.shadow[k].mul_(self.decay).add_(p.detach(), alpha=1.0 - self.decay)
+            self.shadow[k].mul_(d).add_(p.detach(), alpha=1.0 - d)
 
     def state_dict_of(self, model):
         """model.state_dict() with the parameters replaced by their averages."""
@@ -465,7 +478,7 @@ class Trainer:
                                 f"{self.ckpt_path}; try a lower --lr")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip).item()
         self.optimizer.step()
-        self.ema.update(self.model)
+        self.ema.update(self.model, self.step)
         self.step += 1
         self.batch_in_epoch += 1
         return dict(objective=objective_mean, elbo=tail[1].item(), recon=tail[2].item(),

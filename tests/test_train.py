@@ -179,8 +179,12 @@ def test_ema_and_learning_rate_schedule():
     before = {k: v.clone() for k, v in ema.shadow.items()}
     with torch.no_grad():
         model.weight.add_(1.0)
-    ema.update(model)
+    ema.update(model, 10 ** 6)          # past the warm-up: the plain 0.999 average
     torch.testing.assert_close(ema.shadow["weight"], 0.999 * before["weight"] + 0.001 * model.weight)
+    before = {k: v.clone() for k, v in ema.shadow.items()}
+    ema.update(model, 0)                # first update: d = 1/10, mostly the new weights
+    torch.testing.assert_close(ema.shadow["weight"], 0.1 * before["weight"] + 0.9 * model.weight)
+    assert ema.decay_at(90) == pytest.approx(0.91) and ema.decay_at(10 ** 5) == 0.999
     cfg = config_for("imagenet")
     assert T.learning_rate(cfg, 0) == 2e-3 and T.learning_rate(cfg, 100_000) == 2e-3
     assert T.learning_rate(cfg, 100_010) == pytest.approx(2e-3 * 0.999995 ** 10)
