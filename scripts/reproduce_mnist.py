@@ -19,6 +19,11 @@ from it, the paper's numbers beside them).  The report's discussion section,
 between the DISCUSSION markers, is written by hand and kept when the report is
 regenerated.
 
+``--export FOLDER`` instead writes the checkpoints as float16 files
+FOLDER/mnist_nz{nz}.pt with their training budget in FOLDER/mnist_nz{nz}.json
+(how the repository's models/mnist/ was made); a report generated from such
+files reads the budget from that JSON.
+
 Every step runs in this process (the scripts' ``main(argv)``); the first
 failing step stops the run with its exit status (2: bad input, 1: decode
 mismatch or a failed codec).  --reuse-results skips a compression whose
@@ -168,7 +173,14 @@ def training_budget(params):
     state = state.get("state_dict", state)
     model = HVAE(**HVAE.architecture_from_state_dict(state))
     info["parameters"] = int(sum(p.numel() for p in model.parameters()))
+    sidecar = os.path.splitext(params)[0] + ".json"
     ckpt = os.path.join(run, "checkpoint.pt")
+    if not os.path.exists(ckpt) and os.path.exists(sidecar):
+        # weights exported with --export: the run's budget travels beside them
+        recorded = _read_json(sidecar).get("training", {})
+        info.update({k: v for k, v in recorded.items() if k in info and k != "parameters"})
+        info["exported_from"] = recorded.get("run_dir")
+        return info
     if os.path.exists(ckpt):
         # the project's own training state (RNG states need the full unpickler)
         obj = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -466,6 +478,31 @@ def _write_atomic(path, text):
     os.replace(tmp, path)
 
 
+def export(args, folder):
+    """Copy each nz's checkpoint (the template) to FOLDER/mnist_nz{nz}.pt as
+    float16 tensors (what the repository ships), with FOLDER/mnist_nz{nz}.json
+    holding the run's training budget, so a report generated from the
+    exported weights still states how they were trained."""
+    import hashlib
+    os.makedirs(folder, exist_ok=True)
+    for nz in args.nz:
+        params = checkpoint_path(args, nz)
+        state = torch.load(params, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        path = os.path.join(folder, f"{DATASET}_nz{nz}.pt")
+        tmp = path + ".tmp"
+        torch.save(half, tmp)
+        os.replace(tmp, path)
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        meta = dict(source=params, sha256=digest, dtype="float16",
+                    training=training_budget(params))
+        _write_atomic(os.path.splitext(path)[0] + ".json", json.dumps(meta, indent=1))
+        print(f"exported {params} -> {path}")
+    return 0
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nz", default="2,4,8", help="comma-separated latent depths")
@@ -485,6 +522,9 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--reuse-results", action="store_true",
                    help="skip a compression whose summary JSON matches this configuration")
+    p.add_argument("--export", metavar="FOLDER", default=None,
+                   help="only copy the checkpoints to FOLDER as float16 (with their "
+                        "training budget in a JSON beside each) and exit")
     args = p.parse_args(argv)
     try:
         args.nz = [int(x) for x in args.nz.split(",") if x.strip()]
@@ -509,6 +549,8 @@ def main(argv=None):
         print(f"error: checkpoint(s) not found: {', '.join(missing)}; train them with "
               f"`python model/mnist_train.py --nz N` (or pass --params-template)", file=sys.stderr)
         return 2
+    if args.export:
+        return export(args, args.export)
     t0 = time.time()
     runs = []
     try:

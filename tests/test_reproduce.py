@@ -111,6 +111,29 @@ def test_reproduce_end_to_end(tmp_path, capsys):
     assert "OUR WORDS" in again and "TODO (next session): write the discussion" not in again
     assert "reusing" in capsys.readouterr().out
 
+    # --export: float16 weights with the run's budget beside them; a report
+    # made from the exported files states the same budget
+    shipped = tmp_path / "shipped"
+    assert R.main(argv + ["--export", str(shipped)]) == 0
+    for nz in (1, 2):
+        half = torch.load(shipped / f"mnist_nz{nz}.pt", weights_only=True)
+        full = torch.load(runs / f"mnist_nz{nz}" / "model_best.pt", weights_only=True)
+        assert half.keys() == full.keys()
+        for k, v in half.items():
+            assert v.dtype == torch.float16 and torch.equal(v, full[k].half()), k
+        meta = json.loads((shipped / f"mnist_nz{nz}.json").read_text())
+        ckpt = torch.load(runs / f"mnist_nz{nz}" / "checkpoint.pt", weights_only=False)
+        assert meta["training"]["steps"] == ckpt["step"] and meta["dtype"] == "float16"
+    argv2 = [a if a != str(runs) else str(shipped) for a in argv]
+    argv2[argv2.index("--out") + 1] = str(tmp_path / "repro2")
+    argv2 += ["--params-template", "{params_dir}/mnist_nz{nz}.pt", "--experiments", "1"]
+    assert R.main(argv2) == 0, capsys.readouterr().err
+    text2 = (tmp_path / "repro2" / "REPRODUCTION.md").read_text()
+    for nz in (1, 2):
+        ckpt = torch.load(runs / f"mnist_nz{nz}" / "checkpoint.pt", weights_only=False)
+        cells = row(text2.split("## Training budget")[1], str(nz))
+        assert cells[1:3] == [str(ckpt["epoch"]), str(ckpt["step"])]
+
 
 def test_missing_checkpoint_is_one_line_error(tmp_path, capsys):
     assert R.main(["--nz", "2", "--params-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
