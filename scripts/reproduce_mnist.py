@@ -278,8 +278,8 @@ def collect(args, argv, runs, bench, figures, elapsed):
                 generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), elapsed_s=elapsed,
                 experiments=args.experiments, images=args.images, seed=args.seed,
                 quantbits=args.quantbits, dims_coded=DIMS_CODED, dims_pixels=DIMS_PIXELS,
-                hardware=hardware(), runs=runs, benchmark=bench, figures=figures,
-                paper={str(k): v for k, v in PAPER.items()})
+                hardware=hardware(), training_hardware=args.training_hardware,
+                runs=runs, benchmark=bench, figures=figures, paper={str(k): v for k, v in PAPER.items()})
 
 
 def _f(x, digits=4):
@@ -413,8 +413,8 @@ def render(report, discussion, report_dir):
             f"This report was generated on: {h['cpu']}, {h['cores']} cores, "
             f"{'GPU ' + h['gpu'] if h['gpu'] else 'no GPU'}, torch {h['torch']} "
             f"({h['torch_threads']} threads), Python {h['python']}, {h['system']}.", "",
-            "Training hardware: TODO (next session: state the machine the checkpoints "
-            "were trained on, if not the one above).", ""]
+            "Checkpoints trained on: "
+            + (report.get("training_hardware") or "the machine above") + ".", ""]
 
     out += ["## Discussion", "", DISCUSSION_BEGIN, discussion.strip("\n"), DISCUSSION_END, ""]
     return "\n".join(out)
@@ -522,6 +522,9 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--reuse-results", action="store_true",
                    help="skip a compression whose summary JSON matches this configuration")
+    p.add_argument("--training-hardware", default=None, metavar="TEXT",
+                   help="the machine the checkpoints were trained on, for the report "
+                        "(default: the machine generating it)")
     p.add_argument("--export", metavar="FOLDER", default=None,
                    help="only copy the checkpoints to FOLDER as float16 (with their "
                         "training budget in a JSON beside each) and exit")

@@ -126,9 +126,12 @@ def test_reproduce_end_to_end(tmp_path, capsys):
         assert meta["training"]["steps"] == ckpt["step"] and meta["dtype"] == "float16"
     argv2 = [a if a != str(runs) else str(shipped) for a in argv]
     argv2[argv2.index("--out") + 1] = str(tmp_path / "repro2")
-    argv2 += ["--params-template", "{params_dir}/mnist_nz{nz}.pt", "--experiments", "1"]
+    argv2 += ["--params-template", "{params_dir}/mnist_nz{nz}.pt", "--experiments", "1",
+              "--training-hardware", "a test machine"]
     assert R.main(argv2) == 0, capsys.readouterr().err
     text2 = (tmp_path / "repro2" / "REPRODUCTION.md").read_text()
+    assert "Checkpoints trained on: a test machine." in text2
+    assert "Checkpoints trained on: the machine above." in text
     for nz in (1, 2):
         ckpt = torch.load(runs / f"mnist_nz{nz}" / "checkpoint.pt", weights_only=False)
         cells = row(text2.split("## Training budget")[1], str(nz))
