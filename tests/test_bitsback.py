@@ -15,14 +15,7 @@ from utils.experiment import DecodeMismatch, code_chains
 RNG = np.random.default_rng(3)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny networks: one thread is several times faster than two on a
-    shared 2-core machine (no spinning workers); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def blobs(n, c=1, size=32):

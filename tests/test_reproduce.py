@@ -19,12 +19,7 @@ TINY = ["--width", "8", "--zchannels", "1", "--nprocessing", "1", "--blocks", "2
         "--no-progress", "--threads", "1", "--log-every", "1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def train_tiny(root, runs, nz, capsys):
