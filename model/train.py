@@ -125,8 +125,9 @@ class EMA:
     The warm-up (TensorFlow's ExponentialMovingAverage with num_updates)
     keeps the average from being dominated by the random initial weights in
     short runs: with a constant 0.999 the initial weights still carry 63% of
-    the weight after 468 steps (one MNIST epoch), which measured a test ELBO
-    of 2.52 bits/dim against 1.40 for the raw weights."""
+    the weight after 468 steps (one MNIST epoch): measured test -ELBO 2.52
+    bits/dim for that average against 1.20 for the raw weights (width-32
+    nz=2 model, first 2,000 test images)."""
 
     def __init__(self, model, decay):
         self.decay = decay
