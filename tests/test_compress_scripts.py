@@ -11,10 +11,12 @@ import torch
 
 from conftest import ROOT
 from test_benchmark_compress import write_cifar, write_folder, write_mnist
-from test_bitsback import one_torch_thread, tiny_model  # noqa: F401 (autouse fixture)
+from test_bitsback import tiny_model
 from utils import protocol
 from utils.bins import LatentBins
 from utils.experiment import main
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_checkpoint(tmp_path, dataset, nz, xs=(1, 32, 32), zchannels=1, **kw):

@@ -9,9 +9,11 @@ from sklearn.preprocessing import KBinsDiscretizer
 
 import discretization
 from test_benchmark_compress import write_mnist
-from test_bitsback import one_torch_thread, blobs, tiny_model  # noqa: F401 (autouse fixture)
+from test_bitsback import blobs, tiny_model
 from utils.bins import BinsError, LatentBins, bins_paths, ranges_path, uniform_bins
 from utils.distributions import prior_bins
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_uniform_bins_equal_kbinsdiscretizer_on_all_samples():
