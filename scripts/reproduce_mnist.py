@@ -116,6 +116,15 @@ def summary_path(args, nz, scheme):
     return os.path.join(results_dir(args, nz), f"{scheme}_{args.quantbits}bits_summary.json")
 
 
+def current_fingerprint(args, nz, params):
+    """The fingerprint (model tensors + bins) a fresh run would record: results
+    made from another checkpoint or other bins at the same paths are not reused."""
+    from utils import experiment
+    model = experiment.load_model(DATASET, nz, params)
+    return experiment.fingerprint(model, experiment.load_bins(args.bins, DATASET, model,
+                                                              args.quantbits))
+
+
 def compress(args, nz, params, scheme, bitswap):
     """One mnist_compress.py run; returns its summary JSON (a dict)."""
     from utils import experiment
@@ -124,7 +133,8 @@ def compress(args, nz, params, scheme, bitswap):
         old = _read_json(path)
         if (old.get("decoded") and old.get("experiments") == args.experiments
                 and old.get("images") == args.images and old.get("params") == params
-                and old.get("bins") == args.bins and old.get("seed") == args.seed):
+                and old.get("bins") == args.bins and old.get("seed") == args.seed
+                and old.get("fingerprint") == current_fingerprint(args, nz, params)):
             print(f"reusing {path}")
             return old
     status = experiment.main(DATASET, [

@@ -106,6 +106,21 @@ def test_reproduce_end_to_end(tmp_path, capsys):
     assert "OUR WORDS" in again and "TODO (next session): write the discussion" not in again
     assert "reusing" in capsys.readouterr().out
 
+    # a new checkpoint at the same path: its results are recomputed, not reused
+    # (the summaries record a fingerprint of the weights and bins)
+    best = runs / "mnist_nz1" / "model_best.pt"
+    state = torch.load(best, weights_only=True)
+    state = {k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(state, best)
+    summary_1 = out / "results" / "mnist1" / "bitswap_6bits_summary.json"
+    before = json.loads(summary_1.read_text())["fingerprint"]
+    assert R.main(argv + ["--reuse-results"]) == 0
+    log = capsys.readouterr().out
+    assert json.loads(summary_1.read_text())["fingerprint"] != before
+    assert "reusing " + str(out / "results" / "mnist2") in log
+    assert "reusing " + str(out / "results" / "mnist1") not in log
+    text = report_path.read_text()
+
     # --export: float16 weights with the run's budget beside them; a report
     # made from the exported files states the same budget
     shipped = tmp_path / "shipped"

@@ -30,6 +30,7 @@ process takes experiments rank, rank + size, ...; rank 0 merges the parts.
 Exit status: 0 ok, 1 decode mismatch, 2 bad input (one-line error).
 """
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -102,6 +103,19 @@ def load_bins(bins_dir, dataset, model, quantbits):
     except BinsError as exc:
         raise BadInput(str(exc)) from None
     return bins
+
+
+def fingerprint(model, bins):
+    """SHA-256 of what decides the coded bits: the model's tensors (by name) and
+    the bins; lets a resumed run tell whether old results came from these."""
+    h = hashlib.sha256()
+    arrays = [(k, v.detach().to("cpu", torch.float64).numpy())
+              for k, v in sorted(model.state_dict().items())]
+    arrays += [("bins.endpoints", bins.endpoints), ("bins.centres", bins.centres)]
+    for name, a in arrays:
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(a, np.float64).tobytes())
+    return h.hexdigest()
 
 
 def experiments_32x32(dataset, args):
@@ -331,7 +345,8 @@ def run(dataset, argv=None):
     _write_results(prefix, res, dict(
         dataset=dataset, nz=args.nz, scheme=scheme, quantbits=args.quantbits,
         experiments=len(chains), images=int(res["nets"].shape[1]), seed=args.seed,
-        params=params, bins=args.bins, device=device, decoded=not args.no_decode,
+        params=params, bins=args.bins, fingerprint=fingerprint(model, bins), device=device,
+        decoded=not args.no_decode,
         processes=size, precision=args.precision, selection=np.asarray(selection).tolist()))
     return 0
 
