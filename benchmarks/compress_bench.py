@@ -9,8 +9,12 @@ trained bins have, so the coder takes its real code paths).  Reports median
 ms/image of encode and decode and the share spent in the networks vs the
 rest (the coder: quantized CDFs + rANS).  ``--interleaved`` adds a
 single-chain run on an ans.InterleavedMessage (one long message).
+``--heads fused,separate`` times the fused mu/scale heads (`twin_conv`, the
+default) against two plain convolutions per latent in the same run, the
+repeats of the two alternating so that the host's drift hits both alike.
 """
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -27,6 +31,7 @@ from model.hvae import HVAE  # noqa: E402
 from utils import ans  # noqa: E402
 from utils.bins import LatentBins  # noqa: E402
 from utils.bitsback import BitsBackCoder  # noqa: E402
+from utils.modules import separate_heads  # noqa: E402
 
 
 def benchmark_bins(nz, zdim, quantbits=10, seed=0):
@@ -66,7 +71,7 @@ def run_once(coder, images, layout):
     return enc, dec, enc_net, coder.net_seconds
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="mnist,cifar")
     p.add_argument("--chains", default="1,100")
@@ -75,7 +80,12 @@ def main():
     p.add_argument("--bitswap", type=int, default=1)
     p.add_argument("--interleaved", action="store_true")
     p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args()
+    p.add_argument("--heads", default="fused",
+                   help="comma list of fused (twin_conv) / separate: time each, alternating")
+    args = p.parse_args(argv)
+    heads = args.heads.split(",")
+    if not heads or set(heads) - {"fused", "separate"}:
+        p.error(f"--heads: expected fused and/or separate, got {args.heads!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()}")
@@ -89,13 +99,19 @@ def main():
         for chains, layout in layouts:
             rng = np.random.default_rng(0)
             images = rng.integers(0, 256, (args.steps, chains) + model.xs).astype(np.uint8)
-            runs = [run_once(coder, images, layout) for _ in range(args.repeats)]
+            runs = {h: [] for h in heads}
+            for _ in range(args.repeats):
+                for h in heads:
+                    with separate_heads() if h == "separate" else contextlib.nullcontext():
+                        runs[h].append(run_once(coder, images, layout))
             n = args.steps * chains
-            enc, dec, enc_net, dec_net = (1e3 * np.median([r[k] for r in runs]) / n for k in range(4))
-            print(f"{dataset} nz=8 width={model.width} {'Bit-Swap' if args.bitswap else 'BB-ANS'} "
-                  f"{chains} chain(s) [{layout}]: encode {enc:.1f} ms/image (networks {enc_net:.1f}, "
-                  f"coder {enc - enc_net:.1f}), decode {dec:.1f} ms/image (networks {dec_net:.1f}, "
-                  f"coder {dec - dec_net:.1f})", flush=True)
+            for h in heads:
+                enc, dec, enc_net, dec_net = (1e3 * np.median([r[k] for r in runs[h]]) / n
+                                              for k in range(4))
+                print(f"{dataset} nz=8 width={model.width} {'Bit-Swap' if args.bitswap else 'BB-ANS'} "
+                      f"{chains} chain(s) [{layout}, {h} heads]: encode {enc:.1f} ms/image "
+                      f"(networks {enc_net:.1f}, coder {enc - enc_net:.1f}), decode {dec:.1f} "
+                      f"ms/image (networks {dec_net:.1f}, coder {dec - dec_net:.1f})", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """The HVAE reproduces the reference numerically and keeps its state-dict layout."""
+import contextlib
 import json
 import math
 import os
@@ -112,6 +113,27 @@ def test_dropout_keeps_expectation_and_rate():
     assert abs(d.p_eff - 0.2) < 1e-5
     d.eval()
     assert torch.equal(d(h), h)
+
+
+def test_fused_heads_equal_separate_heads_in_values_and_gradients():
+    from utils.modules import separate_heads, twin_conv
+    torch.manual_seed(0)
+    mu, scale = WnConv2d(6, 2, 3), WnConv2d(6, 2, 3)
+    h = torch.randn(4, 6, 8, 8)
+    with data_dependent_init(torch.nn.ModuleList([mu, scale])):
+        mu(h), scale(h)
+    results = []
+    for fused in (True, False):
+        x = h.clone().requires_grad_()
+        for m in (mu, scale):
+            m.zero_grad()
+        with contextlib.nullcontext() if fused else separate_heads():
+            a, b = twin_conv(mu, scale, x)
+        (a.square().sum() + (2 * b).sin().sum()).backward()
+        results.append([a, b, x.grad] + [p.grad.clone() for p in [*mu.parameters(), *scale.parameters()]])
+    assert results[0][0].shape == (4, 2, 8, 8)
+    for fused, separate in zip(*results):
+        torch.testing.assert_close(fused, separate, rtol=1e-4, atol=1e-4)   # float rounding only
 
 
 def test_squeeze_unsqueeze_are_inverse_and_match_layout():

@@ -74,6 +74,21 @@ class WnConv2d(nn.Module):
         return F.conv2d(x, self.weight(), self.b, 1, self.padding)
 
 
+_fuse_heads = True
+
+
+@contextlib.contextmanager
+def separate_heads():
+    """Within this context `twin_conv` runs its two heads as two plain
+    convolutions, as the reference does (for benchmarks that compare both)."""
+    global _fuse_heads
+    saved, _fuse_heads = _fuse_heads, False
+    try:
+        yield
+    finally:
+        _fuse_heads = saved
+
+
 def twin_conv(first, second, h):
     """`(first(h), second(h))` for two `WnConv2d` heads reading the same
     input (a latent's mu and scale), computed as one convolution.
@@ -84,7 +99,7 @@ def twin_conv(first, second, h):
     2-core AVX2 CPU, forward + backward, 128x61x16x16 -> 1 channel: two
     separate convolutions 28.7 ms, one on channels_last 13.4 ms). The result
     equals the two separate convolutions up to float rounding."""
-    if first.init_pending or second.init_pending:
+    if first.init_pending or second.init_pending or not _fuse_heads:
         return first(h), second(h)   # data-dependent init needs each conv's own pass
     weight = torch.cat([first.weight(), second.weight()])
     bias = torch.cat([first.b, second.b])
