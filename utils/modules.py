@@ -1,7 +1,8 @@
 """Network building blocks of the hierarchical VAE.
 
 Owns: the weight-normalised convolution with data-dependent initialisation
-(`WnConv2d`), a fused pair of heads on one input (`twin_conv`), the
+(`WnConv2d`), a fused pair of heads on one input (`twin_conv`; the
+`separate_heads()` context turns the fusion off for comparisons), the
 residual layer and the stack of residual layers, the 2x2 squeeze/unsqueeze
 (space <-> channels) and the identity used where a block has no layers.
 
