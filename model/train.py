@@ -29,6 +29,7 @@ leaves the previous files intact. Only rank 0 writes or logs.
 import argparse
 import copy
 import hashlib
+import json
 import math
 import os
 import random
@@ -525,6 +526,11 @@ class Trainer:
         cfg, args, dist = self.cfg, self.args, self.dist
         self._check_out_dir()
         self.start()
+        if dist.is_root:  # the recipe, readable without loading the checkpoint
+            os.makedirs(self.out, exist_ok=True)
+            with open(os.path.join(self.out, "config.json"), "w") as f:
+                json.dump(dict(cfg.to_dict(), threads=torch.get_num_threads(),
+                               world_size=dist.world_size), f, indent=1)
         logger = Logger(args.log_dir, dist.is_root)
         t0 = last_ckpt = time.time()
         per_epoch = self.sampler.batches_per_epoch

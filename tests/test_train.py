@@ -216,5 +216,7 @@ def test_curve_points_record_the_budget_and_leave_training_unchanged(tmp_path):
     assert all(r["test_images"] == "8" and r["threads"] == "1" for r in rows)
     elbos = [float(r["test_elbo"]) for r in rows]
     assert all(0 < e < 20 for e in elbos)
+    import json
+    assert json.loads((curved / "config.json").read_text())["batch"] == 16
     budget = checkpoint(curved)["budget"]
     assert budget["images"] == 80 and budget["wall_s"] == pytest.approx(float(rows[-1]["wall_s"]), abs=0.1)
