@@ -4,7 +4,7 @@ Owns: the command line (`parse_args`), checkpoints (`save_checkpoint`,
 `load_checkpoint`, atomic), the EMA of the weights, the learning-rate
 schedule, evaluation, logging, and `main(dataset, argv)`.
 
-Semantics (DESIGN.md section 3): data-dependent init on `init_batches`
+Semantics (docs/design.md, "Training"): data-dependent init on `init_batches`
 stacked batches (rank 0's, broadcast), Adam, lr = max(lr_min, lr * decay^t)
 with t the number of steps since `decay_start`, gradient-norm clipping,
 free bits per latent layer and channel, evaluation of the test ELBO (plain,
@@ -18,43 +18,45 @@ average.)
 
 Files under --out:
   checkpoint.pt   full training state (model, EMA, optimizer, step, epoch,
-                  position in the epoch, RNG states): --resume continues
-                  exactly, bit for bit on the same machine and world size;
+                  position in the epoch, RNG states as tensors): --resume
+                  continues exactly, bit for bit on the same machine and world
+                  size; read with torch.load(weights_only=True) (older files
+                  with numpy RNG states: model/package.read_checkpoint);
   model_best.pt   EMA weights with the best test ELBO, as a plain state dict
                   in the authors' layout (`torch.save(model.state_dict())`);
   model_last.pt   EMA weights at the last checkpoint, same format.
 All written to a temporary file and renamed, so a run killed at any moment
 leaves the previous files intact. Only rank 0 writes or logs.
 """
-import argparse
 import copy
 import hashlib
 import math
 import os
 import random
-import sys
 import time
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 
-from model import distributed
+from model import distributed, package
 from model.config import config_for
 from model.hvae import HVAE
+from model.package import CHECKPOINT_FORMAT
+from utils import cli
+from utils.cli import BadInput, atomic_output
+from utils.device import resolve_device
 
-CHECKPOINT_FORMAT = "bitswap-train-1"
 
-
-class TrainingError(RuntimeError):
-    """A run cannot start or continue; the message says why (no traceback)."""
+class TrainingError(cli.RunFailure):
+    """A run failed while training (a NaN loss, ranks out of step): one
+    line, exit status 1.  Bad flags, files or data are BadInput (status 2)."""
 
 
 # ---- command line ---------------------------------------------------------
 def parse_args(dataset, argv=None):
-    p = argparse.ArgumentParser(
-        prog=f"{dataset}_train.py",
-        description=f"Train the Bit-Swap hierarchical VAE on {dataset} (defaults: the paper's).")
+    p = cli.parser(f"{dataset}_train.py",
+                   f"Train the Bit-Swap hierarchical VAE on {dataset} (defaults: the paper's).")
     a = p.add_argument
     a("--nz", type=int, help="number of latent layers")
     a("--width", type=int, help="channels of every convolution (default: paper's for --nz)")
@@ -77,8 +79,7 @@ def parse_args(dataset, argv=None):
       help="batches stacked for the data-dependent init")
     a("--dist", type=int, default=0, choices=(0, 1),
       help="1: data-parallel over the ranks of mpiexec/torchrun (Horovod if installed)")
-    a("--gpu", type=int, default=None, help="CUDA device index (default: local rank)")
-    a("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    cli.add_device_argument(p)
     a("--data-root", default="data", help="folder holding the datasets (see utils/data.py)")
     a("--download", action="store_true", help="download MNIST / CIFAR-10 through torchvision")
     a("--out", default=None, help="checkpoint directory (default: runs/<dataset>_nz<nz>)")
@@ -151,33 +152,40 @@ class EMA:
 
 # ---- checkpoints ----------------------------------------------------------
 def atomic_save(obj, path):
-    """torch.save to a temporary file in the same folder, then rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """torch.save through utils.cli.atomic_output (temporary file, rename)."""
+    with atomic_output(path) as f:
+        torch.save(obj, f)
 
 
 def rng_state():
-    state = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(),
-                 python=random.getstate())
+    """Every generator's state as tensors and plain numbers, so that a
+    checkpoint loads with torch.load(weights_only=True)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, mt, gauss_next = random.getstate()
+    state = dict(torch=torch.get_rng_state(),
+                 numpy=dict(kind=kind, keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos),
+                            has_gauss=int(has_gauss), cached_gaussian=float(gauss)),
+                 python=dict(version=version, state=torch.tensor(mt, dtype=torch.int64),
+                             gauss_next=gauss_next))
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state):
+    """Restore rng_state(); also reads the older layout (numpy's and
+    Python's own state objects, see model/package.read_checkpoint)."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    npstate = state["numpy"]
+    if isinstance(npstate, dict):
+        npstate = (npstate["kind"], npstate["keys"].numpy().astype(np.uint32), npstate["pos"],
+                   npstate["has_gauss"], npstate["cached_gaussian"])
+    np.random.set_state(npstate)
+    pystate = state["python"]
+    if isinstance(pystate, dict):
+        pystate = (pystate["version"], tuple(int(x) for x in pystate["state"].tolist()),
+                   pystate["gauss_next"])
+    random.setstate(pystate)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -189,41 +197,18 @@ def _describe(arch):
 def check_architecture(saved, model, path):
     want = model.architecture()
     if saved != want:
-        raise TrainingError(f"{path} was trained with {_describe(saved)}; this run has "
-                            f"{_describe(want)} (pass the same --nz/--width/... or another --out)")
-
-
-def load_weights(model, state_dict, path):
-    """Load a plain state dict (authors' layout), with a clear error when
-    its keys or shapes belong to another configuration."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    extra = [k for k in state_dict if k not in own]
-    wrong = [k for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
-    if missing or extra or wrong:
-        detail = []
-        if wrong:
-            k = wrong[0]
-            detail.append(f"{k} has shape {tuple(state_dict[k].shape)}, expected {tuple(own[k].shape)}")
-        if missing:
-            detail.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if extra:
-            detail.append(f"{len(extra)} unexpected keys (e.g. {extra[0]})")
-        raise TrainingError(f"{path} does not fit this model ({_describe(model.architecture())}): "
-                            + "; ".join(detail))
-    model.load_state_dict(state_dict)
+        raise BadInput(f"{path} was trained with {_describe(saved)}; this run has "
+                       f"{_describe(want)} (pass the same --nz/--width/... or another --out)")
 
 
 def load_checkpoint(path):
-    if os.path.isdir(path):
+    """(path, object) of a training checkpoint or its run folder, read
+    with weights_only=True (model/package.read_checkpoint)."""
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "checkpoint.pt")):
         path = os.path.join(path, "checkpoint.pt")
-    if not os.path.isfile(path):
-        raise TrainingError(f"--resume: no checkpoint at {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise TrainingError(f"--resume: cannot read {path}: {e}") from None
-    return path, obj
+    if not os.path.exists(path):
+        raise BadInput(f"--resume: no checkpoint at {path}")
+    return path, package.read_checkpoint(path)
 
 
 # ---- data ---------------------------------------------------------------
@@ -315,29 +300,15 @@ class Logger:
 
 
 # ---- the loop -------------------------------------------------------------
-def pick_device(choice, gpu, local_rank):
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda":
-        choice = f"cuda:{gpu if gpu is not None else local_rank}"
-    try:
-        device = torch.device(choice)
-    except RuntimeError as e:
-        raise TrainingError(f"--device: {e}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device: CUDA requested but not available")
-    return device
-
-
 class Trainer:
     """One training run; `run()` returns the best test ELBO seen."""
 
     def __init__(self, cfg, args, dist, datasets=None):
         from utils.data import training_datasets
         self.cfg, self.args, self.dist = cfg, args, dist
-        self.device = pick_device(args.device, args.gpu, dist.local_rank)
+        self.device = resolve_device(args.device, args.gpu, dist.local_rank)
         if cfg.batch % dist.world_size:
-            raise TrainingError(f"--batch {cfg.batch} is not divisible by the {dist.world_size} ranks")
+            raise BadInput(f"--batch {cfg.batch} is not divisible by the {dist.world_size} ranks")
         self.batch = cfg.batch // dist.world_size
         self.workers = args.workers if args.workers is not None else (4 if self.device.type == "cuda" else 0)
         if datasets is None:
@@ -345,7 +316,7 @@ class Trainer:
                                          cfg.patches_per_image)
         self.train_set, self.test_set = datasets
         if len(self.train_set) < cfg.batch:
-            raise TrainingError(f"the training set has {len(self.train_set)} images, fewer than "
+            raise BadInput(f"the training set has {len(self.train_set)} images, fewer than "
                                 f"one batch of {cfg.batch}")
         torch.manual_seed(cfg.seed)  # same initial weights everywhere (and broadcast anyway)
         self.model = HVAE.from_config(cfg).to(self.device)
@@ -380,11 +351,10 @@ class Trainer:
                     torch.manual_seed(self.cfg.seed + 7919 * self.dist.rank + self.step)
                 resumed = True
                 self._say(f"resumed {path} at epoch {self.epoch}, step {self.step}")
-            elif isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
-                load_weights(self.model, obj, path)
-                self._say(f"starting from the weights in {path}")
-            else:
-                raise TrainingError(f"--resume: {path} is neither a training checkpoint nor a state dict")
+            else:   # weights to start from: a package, a state dict (the authors' files)
+                got = package.read_weights(path)
+                package.fit_state_dict(self.model, got["state"], got["source"])
+                self._say(f"starting from the weights in {got['source']}")
         else:
             self._data_dependent_init()
         if not resumed:
@@ -444,8 +414,8 @@ class Trainer:
     def _check_out_dir(self):
         """Refuse to overwrite another run's checkpoint unless resuming it."""
         if not self.args.resume and os.path.exists(self.ckpt_path):
-            raise TrainingError(f"{self.ckpt_path} exists: pass --resume {self.out} to continue "
-                                f"it, or choose another --out")
+            raise BadInput(f"{self.ckpt_path} exists: pass --resume {self.out} to continue "
+                           f"it, or choose another --out")
 
     # -- one step -------------------------------------------------------
     def _train_step(self, x, stop_request):
@@ -588,22 +558,26 @@ def set_threads(args, dist):
 
 
 def main(dataset, argv=None):
-    """Entry point of `model/<dataset>_train.py`; exit status 0 on success,
-    1 with a one-line message on bad input or a stopped run."""
+    """Entry point of `model/<dataset>_train.py` (exit status: utils/cli.py;
+    bad flags, files or data 2, a failed run 1)."""
     from utils.data import DataNotFoundError
     dist = None
-    try:
-        cfg, args = parse_args(dataset, argv)
+
+    def work():
+        nonlocal dist
+        try:
+            cfg, args = parse_args(dataset, argv)
+        except ValueError as e:           # the configuration's own checks
+            raise BadInput(str(e)) from None
         dist = distributed.setup(args.dist, use_cuda=args.device != "cpu" and torch.cuda.is_available())
         set_threads(args, dist)
-        Trainer(cfg, args, dist).run()
-    except (TrainingError, DataNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; the last checkpoint is kept", file=sys.stderr)
-        return 130
+        try:
+            Trainer(cfg, args, dist).run()
+        except DataNotFoundError as e:
+            raise BadInput(str(e)) from None
+
+    try:
+        return cli.run_main(f"{dataset}_train.py", work)
     finally:
         if dist is not None:
             dist.shutdown()
-    return 0

@@ -15,6 +15,7 @@ from model import train as T
 from model.config import config_for
 from model.distributed import Distributed
 from model.hvae import HVAE
+from utils.cli import BadInput
 
 TINY = ["--nz", "2", "--width", "8", "--zchannels", "2", "--nprocessing", "1", "--blocks", "2",
         "--batch", "16", "--init-batches", "2", "--no-progress", "--threads", "1",
@@ -33,7 +34,7 @@ def run_main(dataset, root, out, *extra):
 
 
 def checkpoint(out):
-    return torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+    return torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)   # pickle-free
 
 
 def elbo_of(state_dict, dataset, images):
@@ -122,15 +123,15 @@ def test_killed_run_resumes_exactly(tmp_path):
 def test_bad_inputs_fail_cleanly_and_overwrite_nothing(tmp_path, capsys, monkeypatch):
     sd.write_mnist(str(tmp_path / "data"))
     out = tmp_path / "run"
-    assert run_main("mnist", tmp_path / "data", out, "--nz", "0") == 1
+    assert run_main("mnist", tmp_path / "data", out, "--nz", "0") == 2          # bad input: 2
     assert "--nz must be >= 1" in capsys.readouterr().err
     assert run_main("mnist", tmp_path / "data", out, "--max-steps", "2") == 0
     saved = (out / "checkpoint.pt").read_bytes()
     # another configuration's checkpoint
-    assert run_main("mnist", tmp_path / "data", out, "--width", "10", "--resume", str(out)) == 1
+    assert run_main("mnist", tmp_path / "data", out, "--width", "10", "--resume", str(out)) == 2
     assert "width=8" in capsys.readouterr().err
     # a fresh run into a folder holding a checkpoint
-    assert run_main("mnist", tmp_path / "data", out) == 1
+    assert run_main("mnist", tmp_path / "data", out) == 2
     assert "--resume" in capsys.readouterr().err
     # NaN loss: stop with a message, keep the last good checkpoint
     real_forward = HVAE.forward
@@ -140,17 +141,17 @@ def test_bad_inputs_fail_cleanly_and_overwrite_nothing(tmp_path, capsys, monkeyp
         return objective * float("nan"), terms
     monkeypatch.setattr(HVAE, "forward", nan_forward)
     assert run_main("mnist", tmp_path / "data", out, "--resume", str(out), "--max-steps", "5") == 1
-    assert "loss became nan" in capsys.readouterr().err
+    assert "loss became nan" in capsys.readouterr().err       # a failure at run time: 1
     monkeypatch.undo()
     assert (out / "checkpoint.pt").read_bytes() == saved
     # missing data
-    assert run_main("mnist", tmp_path / "nowhere", tmp_path / "r2") == 1
+    assert run_main("mnist", tmp_path / "nowhere", tmp_path / "r2") == 2
     assert "--download" in capsys.readouterr().err
     assert not (tmp_path / "r2").exists()
     # a global batch that does not split over the ranks
     cfg, args = T.parse_args("mnist", TINY + ["--data-root", str(tmp_path / "data"),
                                              "--out", str(tmp_path / "r3")])
-    with pytest.raises(T.TrainingError, match="not divisible by the 3 ranks"):
+    with pytest.raises(BadInput, match="not divisible by the 3 ranks"):
         T.Trainer(cfg, args, Distributed("torch", 0, 3, 0))
 
 
@@ -169,7 +170,7 @@ def test_starts_from_a_reference_layout_state_dict(tmp_path, capsys):
     got = checkpoint(tmp_path / "ok")["model"]
     for k, v in entry["state_dict"].items():
         torch.testing.assert_close(got[k], v, rtol=0, atol=1e-6)
-    assert T.main("mnist", base + ["--out", str(tmp_path / "bad"), "--resume", str(weights)]) == 1
+    assert T.main("mnist", base + ["--out", str(tmp_path / "bad"), "--resume", str(weights)]) == 2
     assert "does not fit this model" in capsys.readouterr().err
 
 
