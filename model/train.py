@@ -1,8 +1,9 @@
 """Training and evaluation loop shared by the four per-dataset scripts.
 
-Owns: the command line (`parse_args`), checkpoints (`save_checkpoint`,
-`load_checkpoint`, atomic), the EMA of the weights, the learning-rate
-schedule, evaluation, logging, and `main(dataset, argv)`.
+Owns: the command line (`parse_args`; --resume of a run reads its settings
+and output folder from the checkpoint), checkpoints (`Trainer.save`, atomic),
+the EMA of the weights, the learning-rate schedule, evaluation, logging, and
+`main(dataset, argv)`.
 
 Semantics (docs/design.md, "Training"): data-dependent init on `init_batches`
 stacked batches (rank 0's, broadcast), Adam, lr = max(lr_min, lr * decay^t)
@@ -54,59 +55,110 @@ class TrainingError(cli.RunFailure):
 
 
 # ---- command line ---------------------------------------------------------
+# (flag, type, TrainConfig field, help): the settings a checkpoint records.
+# Unset flags take the paper's value for the dataset, or, with --resume of a
+# training checkpoint, the value that run used.
+SETTINGS = [
+    ("--nz", int, "nz", "number of latent layers"),
+    ("--width", int, "width", "channels of every convolution (paper: depends on --nz)"),
+    ("--zchannels", int, "zchannels", "channels per latent layer"),
+    ("--nprocessing", int, "nprocessing", "5x5 residual layers at the pixel side"),
+    ("--blocks", int, "blocks", "residual layers dealt over the latent layers (resdepth)"),
+    ("--dropout", float, "dropout", "dropout probability in the residual layers"),
+    ("--kernel", int, "kernel", "kernel size of the latent-side convolutions"),
+    ("--batch", int, "batch", "global batch size, split over the ranks"),
+    ("--lr", float, "lr", "learning rate"),
+    ("--decay", float, "decay", "learning-rate decay factor per step"),
+    ("--schedule", int, "schedule", "apply the learning-rate decay (1) or not (0)"),
+    ("--epochs", int, "epochs", "epochs in all (the paper trains until stopped)"),
+    ("--interval", int, "interval", "evaluate with EMA weights every N epochs"),
+    ("--seed", int, "seed", "seed of the initial weights and the data order"),
+    ("--patches-per-image", int, "patches_per_image",
+     "imagenetcrop: random 32x32 patches per image file and epoch (paper: 1; use more for a "
+     "small photo collection)"),
+    ("--init-batches", int, "init_batches", "batches stacked for the data-dependent init"),
+]
+ARCHITECTURE_FLAGS = ("--nz", "--width", "--zchannels", "--nprocessing", "--blocks", "--kernel")
+
+
 def parse_args(dataset, argv=None):
+    paper = config_for(dataset)
     p = cli.parser(f"{dataset}_train.py",
-                   f"Train the Bit-Swap hierarchical VAE on {dataset} (defaults: the paper's).")
+                   f"Train the Bit-Swap hierarchical VAE on {dataset}.\n\n"
+                   "Unset settings take the paper's value for the dataset (shown as "
+                   "'paper'); with --resume RUN they\ntake the value that run used, and the "
+                   "output folder is RUN. A run stops at --epochs, --max-steps or\n"
+                   "--max-minutes, whichever comes first, always with a checkpoint; "
+                   "model_best.pt (EMA weights,\nbest test ELBO) and model_last.pt (EMA "
+                   "weights at the last checkpoint) are written too.")
     a = p.add_argument
-    a("--nz", type=int, help="number of latent layers")
-    a("--width", type=int, help="channels of every convolution (default: paper's for --nz)")
-    a("--zchannels", type=int, help="channels per latent layer")
-    a("--nprocessing", type=int, help="5x5 residual layers at the pixel side")
-    a("--blocks", type=int, help="residual layers dealt over the latent layers (resdepth)")
-    a("--dropout", type=float)
-    a("--kernel", type=int, help="kernel size of the latent-side convolutions")
-    a("--batch", type=int, help="global batch size, split over the ranks")
-    a("--lr", type=float)
-    a("--decay", type=float, help="learning-rate decay factor per step")
-    a("--schedule", type=int, choices=(0, 1), help="apply the learning-rate decay (1) or not (0)")
-    a("--epochs", type=int)
-    a("--interval", type=int, help="evaluate with EMA weights every N epochs")
-    a("--seed", type=int)
-    a("--patches-per-image", type=int, dest="patches_per_image",
-      help="imagenetcrop: random 32x32 patches per image file and epoch (paper: 1; use more "
-           "for a small photo collection)")
-    a("--init-batches", type=int, dest="init_batches",
-      help="batches stacked for the data-dependent init")
+    for flag, kind, name, text in SETTINGS:
+        value = getattr(paper, name)
+        a(flag, type=kind, dest=name, default=None,
+          choices=(0, 1) if name == "schedule" else None,
+          help=f"{text} (paper: {int(value) if name == 'schedule' else value})")
     a("--dist", type=int, default=0, choices=(0, 1),
       help="1: data-parallel over the ranks of mpiexec/torchrun (Horovod if installed)")
     cli.add_device_argument(p)
     a("--data-root", default="data", help="folder holding the datasets (see utils/data.py)")
     a("--download", action="store_true", help="download MNIST / CIFAR-10 through torchvision")
-    a("--out", default=None, help="checkpoint directory (default: runs/<dataset>_nz<nz>)")
+    a("--out", default=None,
+      help="output folder (default: runs/<dataset>_nz<nz>; with --resume RUN: RUN)")
     a("--resume", default=None,
-      help="checkpoint.pt (or its folder) to continue, or a plain state dict (e.g. the "
-           "authors' released model) to start from")
-    a("--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps")
-    a("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+      help="a run folder or its checkpoint.pt to continue exactly (settings and output folder "
+           "from it), or weights to start from: a model package, a shipped name (e.g. "
+           "mnist-nz8), a state dict such as the authors' released files")
+    a("--max-steps", type=int, default=None,
+      help="stop when the run's step counter reaches this total (steps of earlier sessions "
+           "count: resuming a run already there does nothing)")
+    a("--max-minutes", type=float, default=None,
+      help="stop after this many minutes of this session (wall clock)")
     a("--checkpoint-minutes", type=float, default=30.0,
       help="also checkpoint every this many minutes within an epoch")
     a("--log-dir", default=None, help="TensorBoard folder (default: <out>/logs)")
     a("--log-every", type=int, default=50, help="steps between TensorBoard scalars")
     a("--workers", type=int, default=None, help="data-loader workers (default 0 on CPU, 4 on GPU)")
     a("--threads", type=int, default=None, help="torch CPU threads per process")
-    a("--no-progress", action="store_true", help="no tqdm progress bar")
+    cli.add_progress_argument(p)
     args = p.parse_args(argv)
-    cfg = config_for(dataset, nz=args.nz, width=args.width, zchannels=args.zchannels,
-                     nprocessing=args.nprocessing, blocks=args.blocks, dropout=args.dropout,
-                     kernel=args.kernel, batch=args.batch, lr=args.lr, decay=args.decay,
-                     schedule=None if args.schedule is None else bool(args.schedule),
-                     epochs=args.epochs, interval=args.interval, seed=args.seed,
-                     init_batches=args.init_batches, patches_per_image=args.patches_per_image)
+    given = {name: getattr(args, name) for _, _, name, _ in SETTINGS
+             if getattr(args, name) is not None}
+    if "schedule" in given:
+        given["schedule"] = bool(given["schedule"])
+    args.resume_checkpoint = None
+    saved = resumed_settings(dataset, args)
+    if saved is not None:
+        base = {k: v for k, v in saved.items() if k != "dataset"}
+        cfg = config_for(dataset, **{**base, **given})
+    else:
+        cfg = config_for(dataset, **given)
     if args.out is None:
-        args.out = os.path.join("runs", f"{dataset}_nz{cfg.nz}")
+        args.out = (os.path.dirname(os.path.abspath(args.resume_checkpoint[0])) if saved is not None
+                    else os.path.join("runs", f"{dataset}_nz{cfg.nz}"))
     if args.log_dir is None:
         args.log_dir = os.path.join(args.out, "logs")
     return cfg, args
+
+
+def resumed_settings(dataset, args):
+    """The settings recorded in --resume's training checkpoint (None when
+    --resume is not one); the checkpoint is kept in args.resume_checkpoint."""
+    if not args.resume:
+        return None
+    path = args.resume
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "checkpoint.pt")):
+        path = os.path.join(path, "checkpoint.pt")
+    if not os.path.isfile(path) or path.endswith((".json", ".safetensors")):
+        return None
+    obj = package.read_checkpoint(path)
+    if not package.is_training_checkpoint(obj):
+        return None
+    saved = dict(obj.get("config") or {})
+    if saved.get("dataset", dataset) != dataset:
+        raise BadInput(f"--resume {args.resume} is a {saved['dataset']} run, not {dataset}; use "
+                       f"model/{saved['dataset']}_train.py")
+    args.resume_checkpoint = (path, obj)
+    return saved
 
 
 # ---- schedule, EMA --------------------------------------------------------
@@ -199,16 +251,6 @@ def check_architecture(saved, model, path):
     if saved != want:
         raise BadInput(f"{path} was trained with {_describe(saved)}; this run has "
                        f"{_describe(want)} (pass the same --nz/--width/... or another --out)")
-
-
-def load_checkpoint(path):
-    """(path, object) of a training checkpoint or its run folder, read
-    with weights_only=True (model/package.read_checkpoint)."""
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "checkpoint.pt")):
-        path = os.path.join(path, "checkpoint.pt")
-    if not os.path.exists(path):
-        raise BadInput(f"--resume: no checkpoint at {path}")
-    return path, package.read_checkpoint(path)
 
 
 # ---- data ---------------------------------------------------------------
@@ -334,8 +376,8 @@ class Trainer:
         args = self.args
         resumed = False
         if args.resume:
-            path, obj = load_checkpoint(args.resume)
-            if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+            path, obj = args.resume_checkpoint or (args.resume, None)
+            if obj is not None:
                 check_architecture(obj["architecture"], self.model, path)
                 self.model.load_state_dict(obj["model"])
                 self.optimizer.load_state_dict(obj["optimizer"])
@@ -352,7 +394,7 @@ class Trainer:
                 resumed = True
                 self._say(f"resumed {path} at epoch {self.epoch}, step {self.step}")
             else:   # weights to start from: a package, a state dict (the authors' files)
-                got = package.read_weights(path)
+                got = package.read_weights(args.resume)
                 package.fit_state_dict(self.model, got["state"], got["source"])
                 self._say(f"starting from the weights in {got['source']}")
         else:
@@ -489,7 +531,16 @@ class Trainer:
                   f"{sum(p.numel() for p in self.model.parameters()):,} parameters, "
                   f"{per_epoch} steps/epoch of {cfg.batch} images on {dist.world_size} rank(s), "
                   f"device {self.device}, engine {dist.engine}")
-        stop = args.max_steps is not None and self.step >= args.max_steps
+        if self.step > 0 and ((args.max_steps is not None and self.step >= args.max_steps)
+                              or self.epoch >= cfg.epochs):
+            limit = (f"--max-steps {args.max_steps}" if args.max_steps is not None
+                     and self.step >= args.max_steps else f"--epochs {cfg.epochs}")
+            self._say(f"nothing to do: {self.ckpt_path} is at step {self.step} (epoch "
+                      f"{self.epoch}), already at {limit} (a total over all sessions); "
+                      "raise it to train on")
+            logger.close()
+            return self.best_elbo
+        stop = False
         try:
             while self.epoch < cfg.epochs and not stop:
                 self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
@@ -538,7 +589,16 @@ class Trainer:
             if self.dist.active:  # every rank reports, so launchers' logs can be compared
                 print(f"rank {self.dist.rank}/{self.dist.world_size}: parameters sha256 "
                       f"{self.parameter_digest()}", flush=True)
-            self._say(f"stopped at epoch {self.epoch}, step {self.step}; checkpoint {self.ckpt_path}")
+            best = os.path.join(self.out, "model_best.pt")
+            if not os.path.exists(best):
+                # a bounded run that stopped before its first evaluation still
+                # ends with a usable export (after the checkpoint, so resuming
+                # stays exact: evaluation draws from the global RNG)
+                result, _ = self._evaluate_and_keep_best(logger)
+                self._say(f"test elbo (EMA) {result['elbo']:.4f} at step {self.step}")
+            self._say(f"stopped at epoch {self.epoch}, step {self.step}; checkpoint {self.ckpt_path}; "
+                      f"EMA weights {best}\nnext: python discretization.py {cfg.dataset} --params "
+                      f"{self.out}   then   python {cfg.dataset}_compress.py --params {self.out}")
         finally:
             logger.close()
         return self.best_elbo
