@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from utils import ans
-from utils.distributions import DiscretizedLogistic, LogisticBins, discretized_logistic_logp, logistic_logp
+from utils.densities import discretized_logistic_logp, logistic_logp
+from utils.distributions import DiscretizedLogistic, LogisticBins
 
 LOG2 = float(np.log(2.0))
 
