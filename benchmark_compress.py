@@ -34,7 +34,7 @@ from utils.cli import BadInput  # noqa: E402
 from utils.data import DataNotFoundError, load_image_folder, load_images  # noqa: E402
 
 # Published figures with this protocol: the reference code on the MNIST test
-# set (28x28), and the paper's full-size ImageNet table (issue 6, DESIGN.md 8).
+# set (28x28), and the paper's full-size ImageNet table (docs/design.md).
 REFERENCE_BITS_PER_DIM = {
     "mnist": {"gzip": 1.65, "bzip2": 1.59, "lzma": 1.49, "webp": 2.10},
     "imagenetcrop": {"gzip": 5.96, "bzip2": 5.07, "lzma": 5.09, "png": 4.71, "webp": 3.66},

@@ -72,13 +72,14 @@ PAPER_LZMA_PIXELS = 1.49      # the issue's target: Bit-Swap CMA@100 below LZMA 
 DISCUSSION_BEGIN = "<!-- DISCUSSION:BEGIN (hand-written; kept when the report is regenerated) -->"
 DISCUSSION_END = "<!-- DISCUSSION:END -->"
 DISCUSSION_TEMPLATE = """\
-**TODO (next session): write the discussion here.** Points to cover:
+*(No discussion written yet: replace this text; it is kept when the report is
+regenerated.)* Points a discussion covers:
 
-- TODO: training budget vs the paper's (GPU-days) and what that does to -ELBO.
-- TODO: how much of each gap to the paper is the model (-ELBO) and how much the
-  coder (net - ELBO, initial bits); the coder part must behave like the paper's.
-- TODO: Bit-Swap vs BB-ANS CMA@1 as nz grows; CMA@100 vs the classical codecs.
-- TODO: every other difference from the paper, and its cause.
+- the training budget against the paper's (GPU-days) and what it does to -ELBO;
+- how much of each gap to the paper is the model (-ELBO) and how much the
+  coder (net - ELBO, initial bits); the coder part must behave like the paper's;
+- Bit-Swap vs BB-ANS CMA@1 as nz grows; CMA@100 vs the classical codecs;
+- every other difference from the paper, and its cause.
 """
 
 
@@ -407,7 +408,7 @@ def render(report, discussion, report_dir):
                        f"{8 / (v * TO_PIXELS):.2f}x | {v:.4f} | |")
     out.append("")
 
-    out += ["## Targets (issue 7), checked on these numbers", ""] + checks(report) + [""]
+    out += ["## The paper's claims, checked on these numbers", ""] + checks(report) + [""]
 
     out += ["## Figures", ""]
     cma, layers = (os.path.relpath(f, report_dir) for f in report["figures"])

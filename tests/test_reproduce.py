@@ -99,11 +99,12 @@ def test_reproduce_end_to_end(tmp_path, capsys):
         assert cells[8] == "cpu"
 
     # a hand-written discussion survives regeneration (results reused)
-    edited = text.replace("**TODO (next session): write the discussion here.**", "OUR WORDS")
+    edited = text.replace("*(No discussion written yet: replace this text; it is kept when the report is\n"
+                          "regenerated.)*", "OUR WORDS")
     report_path.write_text(edited)
     assert R.main(argv + ["--reuse-results"]) == 0
     again = report_path.read_text()
-    assert "OUR WORDS" in again and "TODO (next session): write the discussion" not in again
+    assert "OUR WORDS" in again and "No discussion written yet" not in again
     assert "reusing" in capsys.readouterr().out
 
     # a new checkpoint at the same path: the old bins (derived from the old
