@@ -340,7 +340,8 @@ def _build(entries, root, part, sources_root, factors, max_side, tile, test_patc
            say):
     train_dir = os.path.join(part, "imagenetcrop", "train")
     summary = dict(manifest_sha256=_manifest_hash(entries), scales={}, sources={},
-                   train=[], heldout=[], excluded=[], tile=tile, test_patches_per_photo_and_scale=test_patches)
+                   train=[], heldout=[], excluded=[], tile=tile,
+                   test_patches_per_photo_and_scale=test_patches)
     fingerprints, native_patches, down_patches = {}, [], []
     native_crops, down_photos, resolutions = [], [], []
     for e in entries:
@@ -362,7 +363,9 @@ def _build(entries, root, part, sources_root, factors, max_side, tile, test_patc
                 stats["photos"] += 1
                 stats["pixels"] += img.shape[0] * img.shape[1]
                 for r, c, t in tiles(img, tile):
-                    save_png(t, os.path.join(train_dir, folder, f"{name}-{r:02d}-{c:02d}.png"), level=1)
+                    # level 1: these are large and only read back here
+                    save_png(t, os.path.join(train_dir, folder, f"{name}-{r:02d}-{c:02d}.png"),
+                             level=1)
                     stats["files"] += 1
         else:
             small = downscale(rgb, fit_side(rgb, max_side))
@@ -377,9 +380,10 @@ def _build(entries, root, part, sources_root, factors, max_side, tile, test_patc
         for name, img in items:
             save_png(img, os.path.join(part, folder, f"{name}.png"), level=9)
         per, pooled = png_bits_per_dim([img for _, img in items])
-        summary[folder] = dict(photos={n: dict(size=[im.shape[1], im.shape[0]], png_bits_per_dim=round(b, 4))
-                                       for (n, im), b in zip(items, per)},
-                               png_bits_per_dim=round(pooled, 4))
+        summary[folder] = dict(
+            photos={n: dict(size=[im.shape[1], im.shape[0]], png_bits_per_dim=round(b, 4))
+                    for (n, im), b in zip(items, per)},
+            png_bits_per_dim=round(pooled, 4))
     native, down = np.concatenate(native_patches), np.concatenate(down_patches)
     np.save(os.path.join(part, "heldout_patches_native.npy"), native)
     np.save(os.path.join(part, "heldout_patches_downscaled.npy"), down)
@@ -513,7 +517,8 @@ def main(argv=None):
     print(f"train: {len(summary['train'])} photos, heldout: {len(summary['heldout'])}, "
           f"excluded: {len(summary['excluded'])}")
     for folder, s in summary["scales"].items():
-        print(f"  train/{folder}: {s['photos']} photos, {s['files']} files, {s['pixels'] / 1e6:.1f} Mpixels")
+        print(f"  train/{folder}: {s['photos']} photos, {s['files']} files, "
+              f"{s['pixels'] / 1e6:.1f} Mpixels")
     for folder in ("heldout_native", "heldout_downscaled"):
         print(f"  {folder}: PNG {summary[folder]['png_bits_per_dim']:.3f} bits/dim")
     print(f"written to {args.root} (summary in {os.path.join(args.root, SUMMARY)})")
