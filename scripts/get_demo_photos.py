@@ -177,6 +177,34 @@ def ensure_sources(entries, sources_root=None, install=True, say=print):
                       f"apt-get install {' '.join(debs)}")
 
 
+CANDIDATE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".svg", ".gif", ".tif", ".tiff")
+PIP_DATA = {"scikit-image": "skimage/data", "matplotlib": "matplotlib/mpl-data/sample_data"}
+
+
+def installed_candidates():
+    """{source: [path]} of the image files the installed sources hold now
+    (in the manifest's path convention)."""
+    found = {}
+    for source in DEBIAN_SOURCES:
+        run = subprocess.run(["dpkg-query", "-L", source], capture_output=True, text=True) \
+            if shutil.which("dpkg-query") else None
+        if run is not None and run.returncode == 0:
+            found[source] = [p for p in run.stdout.split("\n") if os.path.isfile(p)]
+    for source, sub in PIP_DATA.items():
+        base = _pip_base(source)
+        if base and os.path.isdir(os.path.join(base, sub)):
+            found[source] = [f"{sub}/{f}" for f in sorted(os.listdir(os.path.join(base, sub)))]
+    return found
+
+
+def unlisted(entries, candidates):
+    """Image files of the sources that the manifest does not list (a newer
+    package version): they need looking at before they can be used."""
+    known = {(e["source"], e["path"]) for e in entries}
+    return sorted((source, path) for source, paths in candidates.items() for path in paths
+                  if path.lower().endswith(CANDIDATE_EXTENSIONS) and (source, path) not in known)
+
+
 def read_photo(entry, sources_root=None, say=print):
     """The photo as uint8 (H, W, 3); a warning when it differs from the
     manifest's record (another package version)."""
@@ -504,6 +532,9 @@ def main(argv=None):
             return 0
         entries = load_manifest(args.manifest)
         ensure_sources(entries, args.sources_root, install=not args.no_install)
+        if args.sources_root is None:
+            for source, path in unlisted(entries, installed_candidates()):
+                print(f"warning: {source}: {path} is not in the manifest; not used")
         summary = build(entries, args.root, args.sources_root, factors, args.max_side, args.tile,
                         args.test_patches, seed=args.seed)
         if args.compact:

@@ -203,3 +203,14 @@ def test_missing_source_says_what_to_install(tmp_path, capsys):
 
 def test_bad_arguments_exit_2(tmp_path):
     assert run(tmp_path, "--factors", "1,0")[0] == 2
+
+
+def test_images_missing_from_the_manifest_are_reported():
+    entries = [entry("mate-backgrounds", MATE + "a.jpg", "train", "mate_a"),
+               entry("mate-backgrounds", MATE + "b.svg", None, None)]
+    candidates = {"mate-backgrounds": [MATE + "a.jpg", MATE + "b.svg", MATE + "new.JPG",
+                                       "/usr/share/doc/mate-backgrounds/copyright"],
+                  "matplotlib": ["matplotlib/mpl-data/sample_data/new.png"]}
+    assert gp.unlisted(entries, candidates) == [
+        ("mate-backgrounds", MATE + "new.JPG"),
+        ("matplotlib", "matplotlib/mpl-data/sample_data/new.png")]
