@@ -92,6 +92,9 @@ def parse_args(argv):
     a("--photo-from", default=None,
       help="start the photo model from this package (e.g. models/demo; same architecture); "
            "its recorded training budget is carried into the new model.json")
+    a("--photos-name", default=None,
+      help="package name of the photo model (default photos-nz<nz>-w<width>, the demo's naming)")
+    a("--mnist-name", default=None, help="package name of the MNIST model (default mnist-nz<nz>)")
     a("--photo-batch", type=int, default=None, help="photo batch (default 512 on CUDA, 64 on CPU)")
     a("--photo-lr", type=float, default=2e-3)
     a("--photo-dropout", type=float, default=0.0)
@@ -176,7 +179,10 @@ class ModelRun:
                                  batch=args.mnist_batch or default_batch(device), lr=args.mnist_lr)
             if args.mnist_dropout is not None:
                 self.settings["dropout"] = args.mnist_dropout
-        self.name = f"{key}-nz{self.settings['nz']}-w{self.settings['width']}"
+        # the shipped packages' names (models/demo is photos-nz2-w64, models/mnist-nz8 mnist-nz8)
+        default = (f"photos-nz{self.settings['nz']}-w{self.settings['width']}" if key == "photos"
+                   else f"mnist-nz{self.settings['nz']}")
+        self.name = getattr(args, f"{key}_name") or default
         self.work = os.path.join(args.work, self.name)
         os.makedirs(self.work, exist_ok=True)
 

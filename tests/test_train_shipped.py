@@ -73,7 +73,7 @@ def finished(carry, tmp_path_factory):
 def test_whole_command_trains_packs_and_its_archives_load(finished, carry, tmp_path):
     status, out = finished
     assert status == 0
-    names = {"photos-nz2-w8", "mnist-nz3-w8"}
+    names = {"photos-nz2-w8", "mnist-nz3"}
     assert sorted(os.listdir(out)) == sorted(["run.log", "summary.json"] +
                                              [f"{n}.tar.gz" for n in names])
     summary = json.load(open(os.path.join(out, "summary.json")))
@@ -125,7 +125,7 @@ def test_a_failing_smoke_stage_stops_before_training_and_leaves_log_and_archives
     monkeypatch.setattr(train_shipped.ModelRun, "derive_bins", broken)
     out = tmp_path / "out"
     assert run(carry, out) == 1
-    assert sorted(os.listdir(out)) == ["mnist-nz3-w8.tar.gz", "photos-nz2-w8.tar.gz", "run.log",
+    assert sorted(os.listdir(out)) == ["mnist-nz3.tar.gz", "photos-nz2-w8.tar.gz", "run.log",
                                        "summary.json"]
     log = open(out / "run.log").read()
     assert "smoke: bins FAILED" in log and "planted failure in the bins" in log
@@ -135,7 +135,7 @@ def test_a_failing_smoke_stage_stops_before_training_and_leaves_log_and_archives
     photos = summary["models"]["photos-nz2-w8"]
     assert photos["status"] == "failed" and "planted failure" in photos["failed"]
     assert "smoke: train steps" in photos["stages_s"] and "train" not in photos["stages_s"]
-    assert summary["models"]["mnist-nz3-w8"]["status"] == "incomplete"   # never started
+    assert summary["models"]["mnist-nz3"]["status"] == "incomplete"   # never started
     folder = unpack(out / "photos-nz2-w8.tar.gz", tmp_path / "x")
     assert "planted failure" in open(folder / "train.log").read()
     assert json.load(open(folder / "result.json"))["status"] == "failed"
@@ -153,9 +153,9 @@ def test_a_late_failure_keeps_the_finished_model(carry, tmp_path, monkeypatch):
     assert run(carry, out, "--minutes", "0.02") == 1
     summary = json.load(open(out / "summary.json"))
     assert summary["models"]["photos-nz2-w8"]["status"] == "done"
-    assert summary["models"]["mnist-nz3-w8"]["status"] == "failed"
-    folder = unpack(out / "mnist-nz3-w8.tar.gz", tmp_path / "m")
-    package.load(str(folder / "mnist-nz3-w8"), dataset="mnist")   # packed before the failure
+    assert summary["models"]["mnist-nz3"]["status"] == "failed"
+    folder = unpack(out / "mnist-nz3.tar.gz", tmp_path / "m")
+    package.load(str(folder / "mnist-nz3"), dataset="mnist")   # packed before the failure
 
 
 def test_missing_data_is_bad_input(tmp_path, capsys):
