@@ -247,3 +247,27 @@ def test_prepare_device_carry_writes_compact_data(tmp_path):
     assert len(tiles) == 3 and held.shape == (4, 3, 32, 32)
     assert P.main(["--data-root", str(root), "--carry", str(carry), "--no-wheels",
                    "--photos-mib", "1", "--limit-mib", "0.01"]) == 1
+
+
+def test_readme_device_command_fits_the_device_tool():
+    """The README's GPU call: one command line of at most 2,000 characters
+    whose benchmark and --deadline-minutes end inside the stated timeout_s,
+    carrying the two folders prepare_device_carry.py writes."""
+    import re
+    text = open(os.path.join(ROOT, "README.md")).read()
+    lines = [ln for ln in text.splitlines() if "scripts/train_shipped.py --device cuda" in ln
+             and ln.startswith("python3 -m pip install")]
+    assert len(lines) == 1
+    command = lines[0]
+    assert len(command) <= 2000 and "--out $OUT" in command and ".whl/*.whl" in command
+    assert f"({len(command)} characters" in text.replace("one line, ", "")
+    assert '`carry` `[".carry", ".whl"]`' in text
+    timeout_s = int(re.search(r"`timeout_s` (\d+)", text).group(1))
+    bench_s = int(re.search(r"timeout (\d+) python3 benchmarks/train_bench.py", command).group(1))
+    deadline = float(re.search(r"--deadline-minutes ([\d.]+)", command).group(1))
+    assert bench_s + 60 * deadline + 30 <= timeout_s <= 600
+    args = train_shipped.parse_args(command.split("train_shipped.py", 1)[1].split())
+    assert args.minutes < deadline and args.models == ["photos", "mnist"]
+    assert os.path.basename(args.carry) == ".carry"
+    ignored = open(os.path.join(ROOT, ".gitignore")).read().split()
+    assert "/.carry/" in ignored and "/.whl/" in ignored
