@@ -108,7 +108,7 @@ def test_whole_command_trains_packs_and_its_archives_load(finished, carry, tmp_p
         from utils.experiment import code_chains
         with deterministic_torch():
             res = code_chains(BitsBackCoder(loaded.net, loaded.bins), test[-4:].reshape(2, 2, *test.shape[1:]))
-        assert np.isfinite(res["nets"]).all()
+        assert np.isfinite(res["nets"]).all() and "decode_s" in res   # decoded, checked per image
         curve = open(folder / "curve.csv").read().splitlines()
         assert curve[0].startswith("step,") and len(curve) >= 2
         ckpt = torch.load(folder / "checkpoint.pt", weights_only=True)
