@@ -19,9 +19,10 @@ evaluation, bins, packaging, round trip) runs once on the device for every
 model at the real sizes and a tiny count; the first error stops the command.
 
 DIR receives at most four files, whatever happens (a stage that fails
-included): run.log (everything printed), summary.json (per model: status,
+or SIGTERM included): run.log (everything printed), summary.json (per model: status,
 figures, timings), and per model NAME.tar.gz holding NAME/ (the package:
-model.json, weights.safetensors, bins.pt), train.log, curve.csv (held-out
+model.json, weights.safetensors, bins.pt; smoke-package/ when only the
+fail-fast pass made one), train.log, curve.csv (held-out
 -ELBO of the EMA weights during training), result.json and, when the
 archive stays under --archive-mib, the float32 training checkpoint.pt (to
 continue with model/*_train.py --resume). Archives are written atomically;
@@ -30,13 +31,12 @@ one of a model that failed holds what its stages had made.
 Data: --carry as written by scripts/prepare_device_carry.py (mnist.npz,
 photos/). Exit status: 0 all stages done, 1 a stage failed, 2 bad input.
 """
-import contextlib
 import io
 import json
-import math
 import os
 import platform
 import shutil
+import signal
 import sys
 import tarfile
 import tempfile
@@ -61,6 +61,14 @@ MODEL_KEYS = ("photos", "mnist")
 
 class StageFailed(cli.RunFailure):
     """A stage raised; its traceback is in run.log."""
+
+
+class Terminated(BaseException):
+    """SIGTERM (a time limit's `timeout`): stop, but archive what exists first."""
+
+
+def _terminate(signum, frame):
+    raise Terminated(f"terminated by signal {signum}")
 
 
 def parse_args(argv):
@@ -412,7 +420,9 @@ class ModelRun:
             members.append((curve, "curve.csv"))
         pkg = getattr(self, "package_dir", None)
         if pkg and os.path.isfile(os.path.join(pkg, "model.json")):
-            members += [(os.path.join(pkg, f), f"{self.name}/{f}") for f in sorted(os.listdir(pkg))]
+            # the final package as NAME/, or the fail-fast pass's as smoke-package/
+            members += [(os.path.join(pkg, f), f"{os.path.basename(pkg)}/{f}")
+                        for f in sorted(os.listdir(pkg))]
         ckpt = os.path.join(self.work, "run", "checkpoint.pt")
         path = os.path.join(out, f"{self.name}.tar.gz")
         for with_ckpt in ((True, False) if os.path.isfile(ckpt) else (False,)):
@@ -475,6 +485,7 @@ def run(args):
     log = RunLog(os.path.join(args.out, "run.log"))
     runs, summary, status = [], dict(command=" ".join(sys.argv), models={}), 0
     started = time.time()
+    previous_handler = signal.signal(signal.SIGTERM, _terminate)
     try:
         log(f"train_shipped: {hardware(device)}, python {platform.python_version()}, precision "
             f"{args.precision}, channels_last {args.channels_last}, models {','.join(args.models)}, "
@@ -524,11 +535,15 @@ def run(args):
                     status = 1
                 else:
                     r.done = True
+    except Terminated as exc:
+        log(f"train_shipped: {exc}; archiving what exists")
+        status = 1
     except Exception as exc:   # outside the stages (set-up): still leave the log
         log(f"train_shipped failed: {type(exc).__name__}: {cli.one_line(exc)}\n"
             + traceback.format_exc())
         status = status or (exc.status if isinstance(exc, (cli.BadInput, cli.RunFailure)) else 1)
     finally:
+        signal.signal(signal.SIGTERM, previous_handler)
         for r in runs:
             state = "done" if getattr(r, "done", False) else ("failed" if r.failed else "incomplete")
             try:

@@ -271,3 +271,26 @@ def test_readme_device_command_fits_the_device_tool():
     assert os.path.basename(args.carry) == ".carry"
     ignored = open(os.path.join(ROOT, ".gitignore")).read().split()
     assert "/.carry/" in ignored and "/.whl/" in ignored
+
+
+def test_sigterm_during_training_still_archives(carry, tmp_path, monkeypatch):
+    import signal
+    real = train_shipped.ModelRun.train
+
+    def killed(self, seconds=None, steps=None):
+        if seconds is not None:      # the long run, not the fail-fast pass
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, seconds, steps)
+    monkeypatch.setattr(train_shipped.ModelRun, "train", killed)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "out"
+    assert run(carry, out) == 1
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert sorted(os.listdir(out)) == ["mnist-nz3.tar.gz", "photos-nz2-w8.tar.gz", "run.log",
+                                       "summary.json"]
+    assert "terminated by signal" in open(out / "run.log").read()
+    summary = json.load(open(out / "summary.json"))
+    assert summary["models"]["photos-nz2-w8"]["status"] == "incomplete"
+    folder = unpack(out / "photos-nz2-w8.tar.gz", tmp_path / "p")
+    assert {"checkpoint.pt", "smoke-package"} <= set(os.listdir(folder))   # not named as final
+    assert "photos-nz2-w8" not in os.listdir(folder)
