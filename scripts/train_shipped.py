@@ -98,8 +98,11 @@ def parse_args(argv):
     for name in ARCH_FLAGS:
         a(f"--photo-{name}", type=int, default=None, help=f"photo model {name} (overrides the preset)")
     a("--photo-from", default=None,
-      help="start the photo model from this package (e.g. models/demo; same architecture); "
-           "its recorded training budget is carried into the new model.json")
+      help="continue the photo model from a package (e.g. models/demo: its weights, and its "
+           "recorded budget and hardware carried into the new model.json) or from a training "
+           "checkpoint.pt (e.g. one from an earlier archive: optimizer, step and budget too); "
+           "same architecture")
+    a("--mnist-from", default=None, help="the same for the MNIST model")
     a("--photo-name", default=None,
       help="package name of the photo model (default photos-nz<nz>-w<width>, the demo's naming)")
     a("--mnist-name", default=None, help="package name of the MNIST model (default mnist-nz<nz>)")
@@ -247,16 +250,20 @@ class ModelRun:
             "--precision", self.args.precision, "--curve-images", str(self.args.curve_images)]
         if self.args.channels_last == "on":
             argv.append("--channels-last")
-        if self.key == "photos" and self.args.photo_from:
-            argv += ["--resume", self.args.photo_from]
-            self.previous_training = previous_training(self.args.photo_from)
+        start_from = self.args.photo_from if self.key == "photos" else self.args.mnist_from
+        if start_from:
+            argv += ["--resume", start_from]
+            self.previous_training = previous_training(start_from)
         cfg, targs = T.parse_args(self.dataset, argv)
         self.cfg = cfg
         self.trainer = T.Trainer(cfg, targs, Distributed(),
                                  datasets=(ArrayImages(self.init_images), ArrayImages(self.test)))
         self.trainer._say = lambda message: self.log(f"{self.name}: {message}")   # into run.log
         self.trainer.start()
-        self.trainer._curve_train, self.trainer._curve_last = [], 0.0
+        # a continued run draws other batches than its first session did
+        self.data.generator.manual_seed(self.args.seed * 1_000_003 + self.trainer.step)
+        self.trainer._curve_train = []
+        self.trainer._curve_last = self.trainer.budget["wall_s"]
         n = sum(p.numel() for p in self.trainer.model.parameters())
         self.log(f"{self.name}: {n:,} parameters; "
                  + ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items()
@@ -359,6 +366,8 @@ class ModelRun:
         tr, s = self.trainer, self.settings
         session = dict(steps=tr.step, images_seen=int(tr.budget["images"]),
                        wall_s=round(tr.budget["wall_s"], 2), batch=s["batch"],
+                       continued_from=(self.args.photo_from if self.key == "photos"
+                                       else self.args.mnist_from),
                        lr=s["lr"], hardware=hardware(self.device),
                        precision=self.args.precision, channels_last=self.args.channels_last == "on",
                        data=("photo corpus training tiles (scripts/get_demo_photos.py compact copy)"

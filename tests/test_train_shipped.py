@@ -294,3 +294,22 @@ def test_sigterm_during_training_still_archives(carry, tmp_path, monkeypatch):
     folder = unpack(out / "photos-nz2-w8.tar.gz", tmp_path / "p")
     assert {"checkpoint.pt", "smoke-package"} <= set(os.listdir(folder))   # not named as final
     assert "photos-nz2-w8" not in os.listdir(folder)
+
+
+def test_continuing_from_a_package_or_a_checkpoint_accumulates_the_budget(finished, carry, tmp_path):
+    _, first = finished
+    unpack(first / "photos-nz2-w8.tar.gz", tmp_path / "p")
+    unpack(first / "mnist-nz3.tar.gz", tmp_path / "m")
+    before_photos = json.load(open(tmp_path / "p" / "photos-nz2-w8" / "model.json"))["training"]
+    before_mnist = torch.load(tmp_path / "m" / "checkpoint.pt", weights_only=True)
+    out = tmp_path / "out"
+    assert run(carry, out, "--minutes", "0.02", "--photo-from", str(tmp_path / "p" / "photos-nz2-w8"),
+               "--mnist-from", str(tmp_path / "m" / "checkpoint.pt")) == 0
+    unpack(out / "photos-nz2-w8.tar.gz", tmp_path / "p2")
+    unpack(out / "mnist-nz3.tar.gz", tmp_path / "m2")
+    photos = json.load(open(tmp_path / "p2" / "photos-nz2-w8" / "model.json"))["training"]
+    assert len(photos["sessions"]) == 2 and photos["sessions"][0] == before_photos["sessions"][0]
+    assert photos["images_seen"] == before_photos["images_seen"] + photos["sessions"][1]["images_seen"]
+    mnist = json.load(open(tmp_path / "m2" / "mnist-nz3" / "model.json"))["training"]
+    assert mnist["steps"] > before_mnist["step"]            # the checkpoint's steps go on
+    assert mnist["images_seen"] > before_mnist["budget"]["images"]
