@@ -150,17 +150,25 @@ def test_a_late_failure_keeps_the_finished_model(carry, tmp_path, monkeypatch):
         return real(self, heldout)
     monkeypatch.setattr(train_shipped.ModelRun, "check_package", mnist_breaks)
     out = tmp_path / "out"
-    assert run(carry, out, "--minutes", "0.02") == 1
+    assert run(carry, out, "--minutes", "0.02", "--archive-mib", "0.01") == 1
     summary = json.load(open(out / "summary.json"))
     assert summary["models"]["photos-nz2-w8"]["status"] == "done"
     assert summary["models"]["mnist-nz3"]["status"] == "failed"
     folder = unpack(out / "mnist-nz3.tar.gz", tmp_path / "m")
     package.load(str(folder / "mnist-nz3"), dataset="mnist")   # packed before the failure
+    # over --archive-mib: the checkpoint stays out, the package stays in, and the log says so
+    assert "checkpoint.pt" not in os.listdir(folder)
+    assert "checkpoint.pt left out" in open(out / "run.log").read()
 
 
-def test_missing_data_is_bad_input(tmp_path, capsys):
+def test_missing_data_or_an_earlier_run_in_out_is_bad_input(finished, carry, tmp_path, capsys):
     assert run(str(tmp_path / "nothing"), tmp_path / "out") == 2
     assert "prepare_device_carry.py" in capsys.readouterr().err
+    _, out = finished
+    before = {f: os.path.getmtime(out / f) for f in os.listdir(out)}
+    assert run(carry, out) == 2
+    assert "--force" in capsys.readouterr().err
+    assert {f: os.path.getmtime(out / f) for f in os.listdir(out)} == before   # untouched
 
 
 # ---------------------------------------------------------------- device data
