@@ -162,5 +162,5 @@ def test_reproduce_end_to_end(tmp_path, capsys):
 def test_missing_checkpoint_is_one_line_error(tmp_path, capsys):
     assert R.main(["--nz", "2", "--params-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: checkpoint(s) not found") and err.count("\n") == 1
+    assert err.startswith("reproduce_mnist.py: error: checkpoint(s) not found") and err.count("\n") == 1
     assert not (tmp_path / "o").exists()

@@ -399,9 +399,12 @@ def _write_results(prefix, res, meta):
     meta.update(summary=summary, encode_ms_per_image=1e3 * res["encode_s"] / n_img,
                 decode_ms_per_image=1e3 * res["decode_s"] / n_img if meta["decoded"] else None)
     write_atomic(f"{prefix}_summary.json", json.dumps(meta, indent=1))
+    unit = ("bits/dim = bits per dim of the 32x32-padded image (x 1024/784 for 28x28 pixels)"
+            if meta["dataset"] == "mnist" else "bits/dim = bits per 8-bit sample (pixel x channel)")
     title = (f"{meta['dataset']} nz={meta['nz']} {meta['scheme']} q={meta['quantbits']}: "
-             f"{meta['experiments']} experiments x {meta['images']} images, bits/dim"
-             f"{', decoded and verified' if meta['decoded'] else ', NOT decoded'}")
+             f"{meta['experiments']} experiments x {meta['images']} images"
+             f"{', decoded and verified' if meta['decoded'] else ', NOT decoded'}; "
+             f"{unit}; initial_bits in bits")
     print(format_table(title, summary))
     print(f"encode {meta['encode_ms_per_image']:.1f} ms/image"
           + (f", decode {meta['decode_ms_per_image']:.1f} ms/image" if meta["decoded"] else ""))
