@@ -31,6 +31,7 @@ leaves the previous files intact. Only rank 0 writes or logs.
 """
 import copy
 import hashlib
+import json
 import math
 import os
 import random
@@ -47,6 +48,8 @@ from model.package import CHECKPOINT_FORMAT
 from utils import cli
 from utils.cli import BadInput, atomic_output
 from utils.device import resolve_device
+
+CURVE_SEED = 20190601  # posterior samples of the --curve-minutes evaluations
 
 
 class TrainingError(cli.RunFailure):
@@ -120,6 +123,13 @@ def parse_args(dataset, argv=None):
     a("--workers", type=int, default=None, help="data-loader workers (default 0 on CPU, 4 on GPU)")
     a("--threads", type=int, default=None, help="torch CPU threads per process")
     cli.add_progress_argument(p)
+    a("--curve-minutes", type=float, default=None,
+      help="every this many minutes of training (wall, evaluation excluded), evaluate the EMA "
+           "weights on the first --curve-images held-out images and append a row to "
+           "<out>/curve.csv (training budget so far in wall and CPU seconds, test ELBO); also "
+           "once when the run stops")
+    a("--curve-images", type=int, default=2000,
+      help="held-out images per --curve-minutes evaluation (the same ones every time)")
     args = p.parse_args(argv)
     given = {name: getattr(args, name) for _, _, name, _ in SETTINGS
              if getattr(args, name) is not None}
@@ -370,6 +380,9 @@ class Trainer:
         self.ema = None
         self.out = args.out
         self.ckpt_path = os.path.join(self.out, "checkpoint.pt")
+        # training budget accumulated over every resume: wall seconds spent in
+        # training steps and the CPU seconds this process used for them
+        self.budget = dict(wall_s=0.0, cpu_s=0.0, images=0)
 
     # -- start ----------------------------------------------------------
     def start(self):
@@ -386,6 +399,7 @@ class Trainer:
                     self.ema.shadow[k].copy_(v)
                 self.step, self.epoch = obj["step"], obj["epoch"]
                 self.batch_in_epoch, self.best_elbo = obj["batch_in_epoch"], obj["best_elbo"]
+                self.budget.update(obj.get("budget", {}))
                 rng = obj["rng"][self.dist.rank] if self.dist.rank < len(obj["rng"]) else None
                 if rng is not None and len(obj["rng"]) == self.dist.world_size:
                     set_rng_state(rng)
@@ -449,7 +463,8 @@ class Trainer:
                    architecture=self.model.architecture(), model=self.model.state_dict(),
                    ema=self.ema.shadow, optimizer=self.optimizer.state_dict(), step=self.step,
                    epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
-                   best_elbo=self.best_elbo, rng=rngs, world_size=self.dist.world_size)
+                   best_elbo=self.best_elbo, rng=rngs, world_size=self.dist.world_size,
+                   budget=dict(self.budget))
         atomic_save(obj, self.ckpt_path)
         atomic_save(self.ema.state_dict_of(self.model), os.path.join(self.out, "model_last.pt"))
 
@@ -524,9 +539,16 @@ class Trainer:
         cfg, args, dist = self.cfg, self.args, self.dist
         self._check_out_dir()
         self.start()
+        if dist.is_root:  # the recipe, readable without loading the checkpoint
+            os.makedirs(self.out, exist_ok=True)
+            with open(os.path.join(self.out, "config.json"), "w") as f:
+                json.dump(dict(cfg.to_dict(), threads=torch.get_num_threads(),
+                               world_size=dist.world_size), f, indent=1)
         logger = Logger(args.log_dir, dist.is_root)
         t0 = last_ckpt = time.time()
         per_epoch = self.sampler.batches_per_epoch
+        self._curve_last, self._curve_train = self.budget["wall_s"], []
+        self._mark()
         self._say(f"{cfg.dataset}: nz={cfg.nz} width={cfg.width} zchannels={cfg.zchannels}, "
                   f"{sum(p.numel() for p in self.model.parameters()):,} parameters, "
                   f"{per_epoch} steps/epoch of {cfg.batch} images on {dist.world_size} rank(s), "
@@ -560,8 +582,13 @@ class Trainer:
                                  (args.max_minutes is not None and
                                   time.time() - t0 >= 60 * args.max_minutes))
                     stats, stop = self._train_step(x, want_stop)
+                    self._account(cfg.batch)
                     sums += (stats["elbo"], stats["objective"])
                     count += 1
+                    self._curve_train.append(stats["elbo"])
+                    if (args.curve_minutes is not None and not stop and
+                            self.budget["wall_s"] - self._curve_last >= 60 * args.curve_minutes):
+                        self._curve_point()
                     bar.set_postfix(elbo=f"{stats['elbo']:.3f}", lr=f"{stats['lr']:.2e}")
                     if self.step % args.log_every == 0:
                         logger.scalars(self.step, "train", stats)
@@ -570,6 +597,7 @@ class Trainer:
                     if time.time() - last_ckpt >= 60 * args.checkpoint_minutes:
                         self.save()
                         last_ckpt = time.time()
+                        self._mark()
                 bar.close()
                 if stop:
                     break
@@ -585,6 +613,9 @@ class Trainer:
                 self._say(line)
                 self.save()
                 last_ckpt = time.time()
+                self._mark()
+            if args.curve_minutes is not None:
+                self._curve_point()
             self.save()
             if self.dist.active:  # every rank reports, so launchers' logs can be compared
                 print(f"rank {self.dist.rank}/{self.dist.world_size}: parameters sha256 "
@@ -602,6 +633,49 @@ class Trainer:
         finally:
             logger.close()
         return self.best_elbo
+
+    # -- training budget and the held-out curve ----------------------
+    def _mark(self):
+        """Start timing training from now (evaluation and saving excluded)."""
+        self._wall_mark, self._cpu_mark = time.perf_counter(), time.process_time()
+
+    def _account(self, images):
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.budget["wall_s"] += wall - self._wall_mark
+        self.budget["cpu_s"] += cpu - self._cpu_mark
+        self.budget["images"] += images
+        self._wall_mark, self._cpu_mark = wall, cpu
+
+    def _curve_point(self):
+        """Evaluate the EMA weights on a fixed held-out subset, with a fixed
+        seed for the posterior samples and without touching the training
+        RNG streams, and append one row to <out>/curve.csv."""
+        eval_model = copy.deepcopy(self.model)
+        eval_model.load_state_dict(self.ema.state_dict_of(self.model))
+        subset = Subset(self.test_set, range(min(self.args.curve_images, len(self.test_set))))
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(CURVE_SEED)
+            result = evaluate(eval_model, subset, self.batch, self.device, self.dist, self.workers)
+        train = float(np.mean(self._curve_train)) if self._curve_train else float("nan")
+        self._curve_train, self._curve_last = [], self.budget["wall_s"]
+        if self.dist.is_root:
+            path = os.path.join(self.out, "curve.csv")
+            new = not os.path.exists(path)
+            os.makedirs(self.out, exist_ok=True)
+            with open(path, "a") as f:
+                if new:
+                    f.write("step,epoch,images,wall_s,cpu_s,threads,world_size,lr,"
+                            "train_elbo,test_elbo,test_images\n")
+                f.write(f"{self.step},{self.epoch},{self.budget['images']},"
+                        f"{self.budget['wall_s']:.3f},{self.budget['cpu_s']:.3f},"
+                        f"{torch.get_num_threads()},{self.dist.world_size},"
+                        f"{learning_rate(self.cfg, self.step):.3e},{train:.5f},"
+                        f"{result['elbo']:.5f},{len(subset)}\n")
+            self._say(f"curve: step {self.step}, {self.budget['wall_s'] / 60:.1f} training min, "
+                      f"{self.budget['cpu_s'] / 60:.1f} CPU min, held-out elbo (EMA) "
+                      f"{result['elbo']:.4f}, train {train:.4f}")
+        self._mark()
 
     def _say(self, message):
         if self.dist.is_root:

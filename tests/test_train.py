@@ -205,6 +205,34 @@ def test_ema_and_learning_rate_schedule():
     assert T.learning_rate(config_for("mnist", lr=1e-4), 10 ** 6) == 1e-4
 
 
+def test_curve_points_record_the_budget_and_leave_training_unchanged(tmp_path):
+    import csv
+    sd.write_mnist(str(tmp_path / "data"))
+    plain, curved = tmp_path / "plain", tmp_path / "curved"
+    assert run_main("mnist", tmp_path / "data", plain, "--max-steps", "5", "--interval", "100") == 0
+    curve = ["--curve-minutes", "0", "--curve-images", "8", "--interval", "100"]
+    assert run_main("mnist", tmp_path / "data", curved, "--max-steps", "3", *curve) == 0
+    assert run_main("mnist", tmp_path / "data", curved, "--resume", str(curved),
+                    "--max-steps", "5", *curve) == 0
+    # evaluations draw from their own seeded stream: the training is untouched
+    assert_same_state(checkpoint(plain), checkpoint(curved))
+    with open(curved / "curve.csv") as f:
+        rows = list(csv.DictReader(f))
+    # a point after every step (--curve-minutes 0), the one at a stop taken once
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert [int(r["images"]) for r in rows] == [16, 32, 48, 64, 80]
+    for key in ("wall_s", "cpu_s"):
+        values = [float(r[key]) for r in rows]
+        assert values[0] > 0 and all(b >= a for a, b in zip(values, values[1:])), (key, values)
+    assert all(r["test_images"] == "8" and r["threads"] == "1" for r in rows)
+    elbos = [float(r["test_elbo"]) for r in rows]
+    assert all(0 < e < 20 for e in elbos)
+    import json
+    assert json.loads((curved / "config.json").read_text())["batch"] == 16
+    budget = checkpoint(curved)["budget"]
+    assert budget["images"] == 80 and budget["wall_s"] == pytest.approx(float(rows[-1]["wall_s"]), abs=0.1)
+
+
 def test_resume_reads_settings_and_folder_and_says_when_there_is_nothing_to_do(tmp_path, capsys):
     """--resume RUN alone continues RUN (its architecture and output
     folder); a bounded run that never evaluated still ends with
