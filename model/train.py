@@ -540,10 +540,8 @@ class Trainer:
         self._check_out_dir()
         self.start()
         if dist.is_root:  # the recipe, readable without loading the checkpoint
-            os.makedirs(self.out, exist_ok=True)
-            with open(os.path.join(self.out, "config.json"), "w") as f:
-                json.dump(dict(cfg.to_dict(), threads=torch.get_num_threads(),
-                               world_size=dist.world_size), f, indent=1)
+            cli.write_atomic(os.path.join(self.out, "config.json"), json.dumps(dict(
+                cfg.to_dict(), threads=torch.get_num_threads(), world_size=dist.world_size), indent=1))
         logger = Logger(args.log_dir, dist.is_root)
         t0 = last_ckpt = time.time()
         per_epoch = self.sampler.batches_per_epoch
