@@ -193,7 +193,7 @@ def training_budget(params):
     info = dict(run_dir=run, parameters=None, epochs=None, steps=None, batch=None,
                 images_seen=None, best_test_elbo=None, world_size=None, architecture=None,
                 tensorboard_wall_s=None, tensorboard_files=0, log_wall_s=None, device=None,
-                log_files=[])
+                log_files=[], hardware=None)
     info["parameters"] = int(sum(v.numel() for k, v in got["state"].items()
                                  if not k.endswith("num_batches_tracked")))
     if got["kind"] == "package":
@@ -299,7 +299,9 @@ def collect(args, argv, runs, bench, figures, elapsed):
                 generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), elapsed_s=elapsed,
                 experiments=args.experiments, images=args.images, seed=args.seed,
                 quantbits=args.quantbits, dims_coded=DIMS_CODED, dims_pixels=DIMS_PIXELS,
-                hardware=hardware(), training_hardware=args.training_hardware,
+                hardware=hardware(), training_hardware=args.training_hardware or "; ".join(
+                    sorted({r["training"]["hardware"] for r in runs if r["training"].get("hardware")}))
+                or None,
                 runs=runs, benchmark=bench, figures=figures, paper={str(k): v for k, v in PAPER.items()})
 
 
