@@ -65,10 +65,12 @@ def pad_to_model(dataset, images):
     return images
 
 
-def default_params(dataset, nz):
-    """The shipped package for ``dataset`` / ``nz``; BadInput naming what to
+def default_params(dataset, nz=None):
+    """The shipped package for ``dataset`` and ``nz`` (None: the paper's nz
+    if one is shipped, else the dataset's only one); BadInput naming what to
     pass when there is none."""
-    name = package.shipped_default(dataset, nz)
+    name = (package.shipped_default(dataset, nz) if nz is not None else
+            package.shipped_default(dataset, config_for(dataset).nz) or package.shipped_default(dataset))
     if name is None:
         raise BadInput(f"no shipped {dataset} model{f' with nz={nz}' if nz else ''} "
                        f"(shipped: {', '.join(package.shipped_names())}); train one with "
@@ -299,7 +301,7 @@ def run(dataset, argv=None):
     if args.experiments < 1 or getattr(args, "images", 1) < 1:
         raise BadInput("--experiments and --images must be at least 1")
     device = device_from_args(args)
-    params = args.params or default_params(dataset, args.nz or config_for(dataset).nz)
+    params = args.params or default_params(dataset, args.nz)
     model, bins = load_model(dataset, params, args.nz, args.quantbits, args.bins, device)
     nz, quantbits = model.nz, bins.quantbits
     coder = BitsBackCoder(model, bins, bitswap=bool(args.bitswap), precision=args.precision,
