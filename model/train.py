@@ -63,7 +63,7 @@ class TrainingError(cli.RunFailure):
 # training checkpoint, the value that run used.
 SETTINGS = [
     ("--nz", int, "nz", "number of latent layers"),
-    ("--width", int, "width", "channels of every convolution (paper: depends on --nz)"),
+    ("--width", int, "width", "channels of every convolution"),
     ("--zchannels", int, "zchannels", "channels per latent layer"),
     ("--nprocessing", int, "nprocessing", "5x5 residual layers at the pixel side"),
     ("--blocks", int, "blocks", "residual layers dealt over the latent layers (resdepth)"),
@@ -77,8 +77,8 @@ SETTINGS = [
     ("--interval", int, "interval", "evaluate with EMA weights every N epochs"),
     ("--seed", int, "seed", "seed of the initial weights and the data order"),
     ("--patches-per-image", int, "patches_per_image",
-     "imagenetcrop: random 32x32 patches per image file and epoch (paper: 1; use more for a "
-     "small photo collection)"),
+     "imagenetcrop: random 32x32 patches per image file and epoch (more for a small photo "
+     "collection)"),
     ("--init-batches", int, "init_batches", "batches stacked for the data-dependent init"),
 ]
 ARCHITECTURE_FLAGS = ("--nz", "--width", "--zchannels", "--nprocessing", "--blocks", "--kernel")
@@ -97,9 +97,11 @@ def parse_args(dataset, argv=None):
     a = p.add_argument
     for flag, kind, name, text in SETTINGS:
         value = getattr(paper, name)
+        value = int(value) if name == "schedule" else value
         a(flag, type=kind, dest=name, default=None,
           choices=(0, 1) if name == "schedule" else None,
-          help=f"{text} (paper: {int(value) if name == 'schedule' else value})")
+          help=f"{text} (paper: {value}" + (f" at nz={paper.nz}, other nz: their own)"
+                                            if name == "width" else ")"))
     a("--dist", type=int, default=0, choices=(0, 1),
       help="1: data-parallel over the ranks of mpiexec/torchrun (Horovod if installed)")
     cli.add_device_argument(p)

@@ -266,6 +266,6 @@ def test_help_states_defaults_and_step_semantics(capsys):
         T.parse_args("mnist", ["--help"])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "(paper: 61)" in text and "(paper: 0.2)" in text            # mnist's width, dropout
+    assert "(paper: 61 at nz=8" in text and "(paper: 0.2)" in text      # mnist width, dropout
     assert "steps of earlier sessions count" in text and "minutes of this session" in text
     assert "default: auto" in text and "default: data" in text
