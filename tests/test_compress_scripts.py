@@ -41,6 +41,7 @@ def test_mnist_outputs_metrics_and_protocol(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "decoded and verified" in out and "cma@1" in out and "gap" in out
+    assert "bits/dim = bits per dim of the 32x32-padded image" in out     # the unit, stated
     prefix = tmp_path / "out" / "bbans_6bits"
     nets, elbos, cmas, total = (np.load(f"{prefix}_{k}.npy") for k in ("nets", "elbos", "cmas", "total"))
     assert nets.shape == elbos.shape == cmas.shape == total.shape == (3, 3)

@@ -67,6 +67,7 @@ def test_readme_commands_name_real_scripts_and_flags():
         assert os.path.isfile(os.path.join(ROOT, script)), script
         if script not in helps:
             helps[script] = help_text(script)
+            assert "default: " in helps[script], script          # --help shows the defaults
         for flag in flags:
             assert re.search(re.escape(flag) + r"\b", helps[script]), (script, flag)
 
