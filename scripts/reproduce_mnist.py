@@ -511,7 +511,7 @@ def export(args, folder):
         path = package.write_package(
             os.path.join(folder, f"{DATASET}-nz{nz}"), got["state"], model.architecture,
             model.bins, f"{DATASET}-nz{nz}", DATASET, model.weights_kind, training=training,
-            notes={"made_by": "python scripts/reproduce_mnist.py --export"}, force=True)
+            notes={"made_by": "python scripts/reproduce_mnist.py --export"}, force=args.force)
         print(f"exported {params} -> {path}")
     return 0
 
@@ -557,6 +557,8 @@ def parse_args(argv):
     p.add_argument("--export", metavar="FOLDER", default=None,
                    help="only write each model with its bins as a package "
                         "FOLDER/mnist-nz{nz} (float16, training budget in model.json) and exit")
+    p.add_argument("--force", action="store_true",
+                   help="with --export: replace existing packages (e.g. the shipped ones)")
     args = p.parse_args(argv)
     try:
         args.nz = [int(x) for x in args.nz.split(",") if x.strip()]
