@@ -137,11 +137,13 @@ def parse_args(dataset, argv=None):
              if getattr(args, name) is not None}
     if "schedule" in given:
         given["schedule"] = bool(given["schedule"])
-    args.resume_checkpoint = None
+    args.resume_checkpoint = args.resume_weights = None
     saved = resumed_settings(dataset, args)
     if saved is not None:
         base = {k: v for k, v in saved.items() if k != "dataset"}
         cfg = config_for(dataset, **{**base, **given})
+    elif args.resume:      # weights to start from: their architecture, the paper's training
+        cfg = config_for(dataset, **{**starting_architecture(dataset, args), **given})
     else:
         cfg = config_for(dataset, **given)
     if args.out is None:
@@ -171,6 +173,27 @@ def resumed_settings(dataset, args):
                        f"model/{saved['dataset']}_train.py")
     args.resume_checkpoint = (path, obj)
     return saved
+
+
+def starting_architecture(dataset, args):
+    """The architecture settings of --resume's weights (a package, a shipped
+    name, a state dict such as the authors' files), so that starting from
+    them needs no architecture flags; the weights are kept in
+    args.resume_weights."""
+    from model.hvae import HVAE
+    got = package.read_weights(args.resume)
+    if got["dataset"] not in (None, dataset):
+        raise BadInput(f"--resume {args.resume} is a {got['dataset']} model, not {dataset}")
+    arch = got["architecture"]
+    if arch is None:
+        try:
+            arch = HVAE.architecture_from_state_dict(got["state"])
+        except ValueError as exc:
+            raise BadInput(f"--resume {args.resume}: {exc}") from None
+    args.resume_weights = got
+    return dict(xs=tuple(arch["xs"]), nz=arch["nz"], zchannels=arch["zchannels"],
+                width=arch["width"], nprocessing=arch["nprocessing"], blocks=arch["resdepth"],
+                kernel=arch["kernel"], conditional_xscale=arch["conditional_xscale"])
 
 
 # ---- schedule, EMA --------------------------------------------------------
@@ -410,7 +433,7 @@ class Trainer:
                 resumed = True
                 self._say(f"resumed {path} at epoch {self.epoch}, step {self.step}")
             else:   # weights to start from: a package, a state dict (the authors' files)
-                got = package.read_weights(args.resume)
+                got = args.resume_weights or package.read_weights(args.resume)
                 package.fit_state_dict(self.model, got["state"], got["source"])
                 self._say(f"starting from the weights in {got['source']}")
         else:
