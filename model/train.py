@@ -76,7 +76,10 @@ def parse_args(dataset, argv=None):
     a("--init-batches", type=int, dest="init_batches",
       help="batches stacked for the data-dependent init")
     a("--dist", type=int, default=0, choices=(0, 1),
-      help="1: data-parallel over the ranks of mpiexec/torchrun (Horovod if installed)")
+      help="1: data-parallel over the ranks of mpiexec/torchrun")
+    a("--dist-engine", default="auto", choices=distributed.ENGINES, dest="dist_engine",
+      help="with --dist=1: auto (Horovod under mpiexec when installed, else "
+           "torch.distributed), horovod, or torch")
     a("--gpu", type=int, default=None, help="CUDA device index (default: local rank)")
     a("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     a("--data-root", default="data", help="folder holding the datasets (see utils/data.py)")
@@ -594,10 +597,11 @@ def main(dataset, argv=None):
     dist = None
     try:
         cfg, args = parse_args(dataset, argv)
-        dist = distributed.setup(args.dist, use_cuda=args.device != "cpu" and torch.cuda.is_available())
+        dist = distributed.setup(args.dist, use_cuda=args.device != "cpu" and torch.cuda.is_available(),
+                                 engine=args.dist_engine)
         set_threads(args, dist)
         Trainer(cfg, args, dist).run()
-    except (TrainingError, DataNotFoundError, ValueError) as e:
+    except (TrainingError, DataNotFoundError, ValueError, distributed.DistributedSetupError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
