@@ -607,6 +607,14 @@ def main(dataset, argv=None):
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept", file=sys.stderr)
         return 130
+    except Exception as e:
+        # the traceback follows; in a multi-rank job, name the rank that failed
+        # first (the others then fail in their next collective, and mpiexec /
+        # torchrun end the job on the first non-zero exit)
+        if dist is not None and dist.active:
+            print(f"error on rank {dist.rank}/{dist.world_size}: {type(e).__name__}: {e}",
+                  file=sys.stderr, flush=True)
+        raise
     finally:
         if dist is not None:
             dist.shutdown()
