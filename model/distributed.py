@@ -166,8 +166,8 @@ def setup(enabled, use_cuda=False, engine="auto"):
         return Distributed("horovod", hvd.rank(), hvd.size(), hvd.local_rank(), hvd)
     launched = _launcher_env()
     if launched is None:
-        raise DistributedSetupError("--dist=1 but no launcher found: start with `torchrun --nproc_per_node=N "
-                           "...` or `mpiexec -np N ...` (or pass --dist=0)")
+        raise DistributedSetupError("--dist=1 but no launcher found: start with `torchrun "
+                                    "--nproc_per_node=N ...` or `mpiexec -np N ...` (or pass --dist=0)")
     rank, world, local = launched
     if world == 1:
         return Distributed("none", 0, 1, 0)
