@@ -130,10 +130,11 @@ def test_broken_horovod_is_reported_not_replaced(broken_horovod, monkeypatch, ca
     with pytest.raises(distributed.DistributedSetupError,
                        match="installed but `import horovod.torch` fails: ImportError: .*undefined symbol"):
         distributed._pick_engine("auto")
-    # through the training entry point: one line, exit status 1, before any work
-    assert train_main("mnist", ["--dist", "1", "--data-root", "/nonexistent"]) == 1
+    # through the training entry point: one line, exit status 2, before any work
+    assert train_main("mnist", ["--dist", "1", "--data-root", "/nonexistent"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: Horovod is installed but") and err.count("\n") == 1, err
+    assert err.startswith("mnist_train.py: error: Horovod is installed but") and \
+        err.count("\n") == 1, err
     # asking for torch.distributed does not touch Horovod at all
     assert distributed._pick_engine("torch") == ("torch", None)
 
