@@ -69,19 +69,22 @@ if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] &&
     exit 0
 fi
 
-# Build tools: the compiler, CMake and the MPI headers and wrappers.
+# Build tools: the compiler, CMake, the MPI headers and wrappers, and the
+# Python headers (Horovod's torch part includes Python.h).
 missing=
 for tool in cmake c++ make mpicxx mpiexec; do
     command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
 done
+"$PY" -c "import os, sysconfig, sys; sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" ||
+    missing="$missing Python.h"
 if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "install_horovod: installing build tools (missing:$missing)" >&2
         apt-get update -qq >/dev/null
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential cmake \
-            openmpi-bin libopenmpi-dev >/dev/null
+            openmpi-bin libopenmpi-dev python3-dev >/dev/null
     else
-        die "missing:$missing (Debian: apt-get install build-essential cmake openmpi-bin libopenmpi-dev)"
+        die "missing:$missing (Debian: apt-get install build-essential cmake openmpi-bin libopenmpi-dev python3-dev)"
     fi
 fi
 
