@@ -35,6 +35,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 
 import numpy as np
@@ -103,7 +104,10 @@ def parse_args(dataset, argv=None):
           help=f"{text} (paper: {value}" + (f" at nz={paper.nz}, other nz: their own)"
                                             if name == "width" else ")"))
     a("--dist", type=int, default=0, choices=(0, 1),
-      help="1: data-parallel over the ranks of mpiexec/torchrun (Horovod if installed)")
+      help="1: data-parallel over the ranks of mpiexec/torchrun")
+    a("--dist-engine", default="auto", choices=distributed.ENGINES, dest="dist_engine",
+      help="with --dist=1: auto (Horovod under mpiexec when installed, else "
+           "torch.distributed), horovod, or torch")
     cli.add_device_argument(p)
     a("--data-root", default="data", help="folder holding the datasets (see utils/data.py)")
     a("--download", action="store_true", help="download MNIST / CIFAR-10 through torchvision")
@@ -726,12 +730,25 @@ def main(dataset, argv=None):
             cfg, args = parse_args(dataset, argv)
         except ValueError as e:           # the configuration's own checks
             raise BadInput(str(e)) from None
-        dist = distributed.setup(args.dist, use_cuda=args.device != "cpu" and torch.cuda.is_available())
+        try:
+            dist = distributed.setup(args.dist, engine=args.dist_engine,
+                                     use_cuda=args.device != "cpu" and torch.cuda.is_available())
+        except distributed.DistributedSetupError as e:  # no launcher, Horovod missing or broken
+            raise BadInput(str(e)) from None
         set_threads(args, dist)
         try:
             Trainer(cfg, args, dist).run()
         except DataNotFoundError as e:
             raise BadInput(str(e)) from None
+        except Exception as e:
+            # an unexpected error keeps its traceback; in a multi-rank job it is
+            # preceded by the failing rank (the others then fail in their next
+            # collective, and mpiexec / torchrun end the job on the first
+            # non-zero exit)
+            if dist.active and not isinstance(e, (BadInput, cli.RunFailure)):
+                print(f"error on rank {dist.rank}/{dist.world_size}: {type(e).__name__}: {e}",
+                      file=sys.stderr, flush=True)
+            raise
 
     try:
         return cli.run_main(f"{dataset}_train.py", work)
