@@ -15,7 +15,6 @@ shapes (the residual layers: most of the arithmetic) with nothing else, and
 prints the images/s a step could reach if everything else were free: an
 upper bound set by this CPU's convolution kernels.
 """
-import argparse
 import os
 import statistics
 import sys
@@ -28,11 +27,13 @@ import torch  # noqa: E402
 
 from model import train as T  # noqa: E402
 from model.distributed import Distributed  # noqa: E402
+from utils import cli  # noqa: E402
 from utils.data import ArrayImages  # noqa: E402
+from utils.device import device_from_args  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.parser("train_bench.py", __doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--nz", type=int, default=8)
     p.add_argument("--width", type=int, default=None)
@@ -41,7 +42,7 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default="cpu")
+    cli.add_device_argument(p)
     p.add_argument("--precision", default="fp32",
                    help="fp32, tf32 and/or bf16 (model/speed.py), comma-separated")
     p.add_argument("--channels-last", nargs="?", const="on", default="off",
@@ -53,15 +54,16 @@ def main(argv=None):
     if a.threads:
         torch.set_num_threads(a.threads)
     layouts = {"on": [True], "off": [False], "both": [False, True]}[a.channels_last]
+    device = str(device_from_args(a))
     for batch in [int(b) for b in a.batch.split(",")]:
         for precision in a.precision.split(","):
             for channels_last in layouts:
-                bench(a, batch, precision, channels_last)
+                bench(a, device, batch, precision, channels_last)
 
 
-def bench(a, batch, precision, channels_last):
+def bench(a, device, batch, precision, channels_last):
     cfg, args = T.parse_args(a.dataset, ["--nz", str(a.nz), "--batch", str(batch),
-                                         "--device", a.device, "--init-batches", "1",
+                                         "--device", device, "--init-batches", "1",
                                          "--precision", precision, "--out", "/nonexistent"]
                              + (["--width", str(a.width)] if a.width else [])
                              + (["--channels-last"] if channels_last else []))

@@ -33,7 +33,6 @@ mismatch or a failed codec).  --reuse-results skips a compression whose
 summary JSON already matches this configuration and records the same
 weights-and-bins fingerprint (long runs can be resumed).
 """
-import argparse
 import glob
 import json
 import os
@@ -50,6 +49,7 @@ if ROOT not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from utils import cli  # noqa: E402
 from utils.cli import write_atomic  # noqa: E402
 
 DATASET = "mnist"
@@ -83,7 +83,7 @@ regenerated.)* Points a discussion covers:
 """
 
 
-class StepFailed(Exception):
+class StepFailed(cli.RunFailure):
     """A step failed with this exit status (a script's own message is
     already printed; ``message`` replaces the generic one otherwise)."""
 
@@ -193,7 +193,7 @@ def training_budget(params):
     info = dict(run_dir=run, parameters=None, epochs=None, steps=None, batch=None,
                 images_seen=None, best_test_elbo=None, world_size=None, architecture=None,
                 tensorboard_wall_s=None, tensorboard_files=0, log_wall_s=None, device=None,
-                log_files=[])
+                log_files=[], hardware=None)
     info["parameters"] = int(sum(v.numel() for k, v in got["state"].items()
                                  if not k.endswith("num_batches_tracked")))
     if got["kind"] == "package":
@@ -299,7 +299,9 @@ def collect(args, argv, runs, bench, figures, elapsed):
                 generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), elapsed_s=elapsed,
                 experiments=args.experiments, images=args.images, seed=args.seed,
                 quantbits=args.quantbits, dims_coded=DIMS_CODED, dims_pixels=DIMS_PIXELS,
-                hardware=hardware(), training_hardware=args.training_hardware,
+                hardware=hardware(), training_hardware=args.training_hardware or "; ".join(
+                    sorted({r["training"]["hardware"] for r in runs if r["training"].get("hardware")}))
+                or None,
                 runs=runs, benchmark=bench, figures=figures, paper={str(k): v for k, v in PAPER.items()})
 
 
@@ -509,7 +511,7 @@ def export(args, folder):
         path = package.write_package(
             os.path.join(folder, f"{DATASET}-nz{nz}"), got["state"], model.architecture,
             model.bins, f"{DATASET}-nz{nz}", DATASET, model.weights_kind, training=training,
-            notes={"made_by": "python scripts/reproduce_mnist.py --export"}, force=True)
+            notes={"made_by": "python scripts/reproduce_mnist.py --export"}, force=args.force)
         print(f"exported {params} -> {path}")
     return 0
 
@@ -529,9 +531,9 @@ def _exists(spec):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = cli.parser("reproduce_mnist.py", __doc__.splitlines()[0])
     p.add_argument("--nz", default="2,4,8", help="comma-separated latent depths")
-    p.add_argument("--params-dir", default="runs")
+    p.add_argument("--params-dir", default="runs", help="folder of the training runs")
     p.add_argument("--params-template", default="{params_dir}/mnist_nz{nz}/model_best.pt",
                    help="checkpoint path with {nz} (and optionally {params_dir})")
     p.add_argument("--bins", default=None,
@@ -555,6 +557,8 @@ def parse_args(argv):
     p.add_argument("--export", metavar="FOLDER", default=None,
                    help="only write each model with its bins as a package "
                         "FOLDER/mnist-nz{nz} (float16, training budget in model.json) and exit")
+    p.add_argument("--force", action="store_true",
+                   help="with --export: replace existing packages (e.g. the shipped ones)")
     args = p.parse_args(argv)
     try:
         args.nz = [int(x) for x in args.nz.split(",") if x.strip()]
@@ -571,39 +575,38 @@ def parse_args(argv):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    return cli.run_main("reproduce_mnist.py", lambda: reproduce(args, argv))
+
+
+def reproduce(args, argv):
+    from model import package
     if args.threads:
         torch.set_num_threads(args.threads)
     missing = [checkpoint_path(args, nz) for nz in args.nz if not _exists(checkpoint_path(args, nz))]
     if missing:
-        print(f"error: checkpoint(s) not found: {', '.join(missing)}; train them with "
-              f"`python model/mnist_train.py --nz N` (or pass --params-template)", file=sys.stderr)
-        return 2
+        raise cli.BadInput(f"checkpoint(s) not found: {', '.join(missing)}; train them with "
+                           "`python model/mnist_train.py --nz N` (or pass --params-template)")
     if args.export:
         return export(args, args.export)
     t0 = time.time()
     runs = []
-    try:
-        for nz in args.nz:
-            params = checkpoint_path(args, nz)
-            print(f"== nz={nz}: {params}", flush=True)
-            run = dict(nz=nz, params=params, bins=ensure_bins(args, nz, params))
-            for scheme, _, bitswap in SCHEMES:
-                run[scheme] = compress(args, nz, params, scheme, bitswap)
-                run["bins_dir"] = run[scheme].get("bins")
-                if not run[scheme].get("decoded"):
-                    raise StepFailed(f"{scheme} nz={nz} was not decoded", 1)
-            run["training"] = training_budget(params)
-            runs.append(run)
-        bench = benchmark(args)
-        chosen = np.array(runs[0]["bitswap"]["selection"])
-        if not np.array_equal(chosen, np.array(bench["indices"])):
-            print("error: benchmark_compress.py coded other images than mnist_compress.py",
-                  file=sys.stderr)
-            return 1
-        figures = plot(args)
-    except StepFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.status
+    for nz in args.nz:
+        params = checkpoint_path(args, nz)
+        print(f"== nz={nz}: {params}", flush=True)
+        run = dict(nz=nz, params=params, bins=ensure_bins(args, nz, params))
+        run["bins_dir"] = package.load(params, dataset=DATASET, nz=nz, quantbits=args.quantbits,
+                                       bins_dir=args.bins).bins.source
+        for scheme, _, bitswap in SCHEMES:
+            run[scheme] = compress(args, nz, params, scheme, bitswap)
+            if not run[scheme].get("decoded"):
+                raise StepFailed(f"{scheme} nz={nz} was not decoded", 1)
+        run["training"] = training_budget(params)
+        runs.append(run)
+    bench = benchmark(args)
+    chosen = np.array(runs[0]["bitswap"]["selection"])
+    if not np.array_equal(chosen, np.array(bench["indices"])):
+        raise cli.RunFailure("benchmark_compress.py coded other images than mnist_compress.py")
+    figures = plot(args)
     report = collect(args, argv, runs, bench, figures, time.time() - t0)
     write_atomic(os.path.join(args.out, "reproduction.json"), json.dumps(report, indent=1))
     write_atomic(args.report, render(report, existing_discussion(args.report),

@@ -41,6 +41,7 @@ def test_mnist_outputs_metrics_and_protocol(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "decoded and verified" in out and "cma@1" in out and "gap" in out
+    assert "bits/dim = bits per dim of the 32x32-padded image" in out     # the unit, stated
     prefix = tmp_path / "out" / "bbans_6bits"
     nets, elbos, cmas, total = (np.load(f"{prefix}_{k}.npy") for k in ("nets", "elbos", "cmas", "total"))
     assert nets.shape == elbos.shape == cmas.shape == total.shape == (3, 3)
@@ -66,13 +67,14 @@ def test_cifar_no_decode(tmp_path, capsys):
 
 
 def test_imagenetcrop_codes_blocks_of_cropped_photos(tmp_path, capsys):
-    folder = tmp_path / "photos"
+    """The test photos are found where training and discretization look too:
+    DATA_ROOT/imagenetcrop/test (one data-path convention)."""
+    folder = tmp_path / "data" / "imagenetcrop" / "test"
     write_folder(str(folder), sizes=((40, 70), (64, 33), (33, 40)), gray=(40, 40), tiny=True,
                  broken=False)
     _, params = make_checkpoint(tmp_path, "imagenetcrop", 1, xs=(3, 32, 32), zchannels=2,
                                 conditional_xscale=True)
-    rc = main("imagenetcrop", args(tmp_path, params, 1, "--experiments", "3", "--folder",
-                                   str(folder)))
+    rc = main("imagenetcrop", args(tmp_path, params, 1, "--experiments", "3"))
     assert rc == 0, capsys.readouterr()
     cmas = np.load(tmp_path / "out" / "bitswap_6bits_cmas.npy")
     # 40x70 -> 32x64: 2 blocks; 64x33 -> 64x32: 2 blocks; 33x40 -> 32x32: 1 block
@@ -143,6 +145,10 @@ def test_default_model_is_the_shipped_one(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "out" / "bitswap_10bits_summary.json").read_text())
     assert summary["params"] == "mnist-nz8" and summary["decoded"]
+    # the default output folder (plots/mnist8) is ignored by git
+    ignored = subprocess.run(["git", "check-ignore", "-q", "plots/mnist8/bitswap_10bits_nets.npy"],
+                             cwd=ROOT)
+    assert ignored.returncode == 0
     rc = main("cifar", ["--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "o2")])
     assert rc == 2 and "no shipped cifar model" in capsys.readouterr().err
 

@@ -219,7 +219,7 @@ def test_logistic_cdf_quantile_inverse():
 
 
 def reference():
-    return torch.load(REFERENCE, weights_only=False)
+    return torch.load(REFERENCE, weights_only=True)
 
 
 def test_prior_bins_match_reference():

@@ -133,6 +133,10 @@ def test_reproduce_end_to_end(tmp_path, capsys):
     from model import package
     shipped = tmp_path / "shipped"
     assert R.main(argv + ["--export", str(shipped)]) == 0
+    capsys.readouterr()
+    assert R.main(argv + ["--export", str(shipped)]) == 2            # never replaced silently
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert R.main(argv + ["--export", str(shipped), "--force"]) == 0
     for nz in (1, 2):
         model = package.load(str(shipped / f"mnist-nz{nz}"), dataset="mnist", nz=nz)
         full = torch.load(runs / f"mnist_nz{nz}" / "model_best.pt", weights_only=True)
@@ -162,5 +166,5 @@ def test_reproduce_end_to_end(tmp_path, capsys):
 def test_missing_checkpoint_is_one_line_error(tmp_path, capsys):
     assert R.main(["--nz", "2", "--params-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: checkpoint(s) not found") and err.count("\n") == 1
+    assert err.startswith("reproduce_mnist.py: error: checkpoint(s) not found") and err.count("\n") == 1
     assert not (tmp_path / "o").exists()

@@ -65,10 +65,12 @@ def pad_to_model(dataset, images):
     return images
 
 
-def default_params(dataset, nz):
-    """The shipped package for ``dataset`` / ``nz``; BadInput naming what to
+def default_params(dataset, nz=None):
+    """The shipped package for ``dataset`` and ``nz`` (None: the paper's nz
+    if one is shipped, else the dataset's only one); BadInput naming what to
     pass when there is none."""
-    name = package.shipped_default(dataset, nz)
+    name = (package.shipped_default(dataset, nz) if nz is not None else
+            package.shipped_default(dataset, config_for(dataset).nz) or package.shipped_default(dataset))
     if name is None:
         raise BadInput(f"no shipped {dataset} model{f' with nz={nz}' if nz else ''} "
                        f"(shipped: {', '.join(package.shipped_names())}); train one with "
@@ -299,7 +301,7 @@ def run(dataset, argv=None):
     if args.experiments < 1 or getattr(args, "images", 1) < 1:
         raise BadInput("--experiments and --images must be at least 1")
     device = device_from_args(args)
-    params = args.params or default_params(dataset, args.nz or config_for(dataset).nz)
+    params = args.params or default_params(dataset, args.nz)
     model, bins = load_model(dataset, params, args.nz, args.quantbits, args.bins, device)
     nz, quantbits = model.nz, bins.quantbits
     coder = BitsBackCoder(model, bins, bitswap=bool(args.bitswap), precision=args.precision,
@@ -399,9 +401,12 @@ def _write_results(prefix, res, meta):
     meta.update(summary=summary, encode_ms_per_image=1e3 * res["encode_s"] / n_img,
                 decode_ms_per_image=1e3 * res["decode_s"] / n_img if meta["decoded"] else None)
     write_atomic(f"{prefix}_summary.json", json.dumps(meta, indent=1))
+    unit = ("bits/dim = bits per dim of the 32x32-padded image (x 1024/784 for 28x28 pixels)"
+            if meta["dataset"] == "mnist" else "bits/dim = bits per 8-bit sample (pixel x channel)")
     title = (f"{meta['dataset']} nz={meta['nz']} {meta['scheme']} q={meta['quantbits']}: "
-             f"{meta['experiments']} experiments x {meta['images']} images, bits/dim"
-             f"{', decoded and verified' if meta['decoded'] else ', NOT decoded'}")
+             f"{meta['experiments']} experiments x {meta['images']} images"
+             f"{', decoded and verified' if meta['decoded'] else ', NOT decoded'}; "
+             f"{unit}; initial_bits in bits")
     print(format_table(title, summary))
     print(f"encode {meta['encode_ms_per_image']:.1f} ms/image"
           + (f", decode {meta['decode_ms_per_image']:.1f} ms/image" if meta["decoded"] else ""))
