@@ -7,7 +7,9 @@ Writes (both folders are git-ignored):
                           from DATA_ROOT/MNIST/raw
   .carry/photos/          a compact copy of the photo corpus (training tiles cropped to fit
                           --photos-mib, and the held-out test_32x32.npy), made by
-                          scripts/get_demo_photos.py --compact-only from --photos-root
+                          scripts/get_demo_photos.py --compact-only from --photos-root, and
+                          heldout_parts.json (how many test patches are native-scale, how
+                          many downscaled)
   .whl/                   wheels of the pure-Python packages the GPU machine lacks
                           (tensorboardX at the version of requirements.txt), for Python 3.12
                           on x86-64, fetched with pip download
@@ -77,7 +79,28 @@ def write_photos(photos_root, carry, mib):
     if done.returncode:
         raise cli.RunFailure(f"get_demo_photos.py --compact-only failed: "
                              f"{cli.one_line(done.stderr or done.stdout)}")
+    write_heldout_parts(photos_root, out)
     return out
+
+
+def write_heldout_parts(photos_root, out):
+    """OUT/heldout_parts.json: how many of test_32x32.npy's patches are
+    native-scale and how many downscaled (checked against the two halves
+    get_demo_photos.py writes), so that both are reported apart."""
+    import json
+    import numpy as np
+    from utils.device_data import PARTS_FILE
+    halves = [os.path.join(photos_root, f"heldout_patches_{p}.npy") for p in ("native", "downscaled")]
+    if not all(map(os.path.isfile, halves)):
+        return None
+    test = np.load(os.path.join(out, "imagenetcrop", "test_32x32.npy"))
+    native, down = (np.load(h) for h in halves)
+    if not np.array_equal(test, np.concatenate([native, down])):
+        raise cli.RunFailure(f"{photos_root}: test_32x32.npy is not the native then the "
+                             "downscaled held-out patches")
+    path = os.path.join(out, PARTS_FILE)
+    cli.write_atomic(path, json.dumps({"native": len(native), "downscaled": len(down)}).encode())
+    return path
 
 
 def pinned_version(name):

@@ -177,6 +177,7 @@ class ModelRun:
         self.stages = {}          # stage -> seconds (done) ; failures recorded in `failed`
         self.failed = None
         self.figures = {}
+        self.parts = {}           # held-out subsets reported apart (photos: native, downscaled)
         self.trainer = self.data = self.test = None
         self.previous_training = None
         if key == "photos":
@@ -227,7 +228,7 @@ class ModelRun:
             self.data = dd.DeviceImages(train, b, self.device, seed)
             self.train_images = train
         else:
-            tiles, test = dd.load_carried_photos(self.args.carry)
+            tiles, test, self.parts = dd.load_carried_photos(self.args.carry)
             self.data = dd.DevicePatches(tiles, b, self.device, seed)
             self.train_images = None   # drawn by self.data.fixed() when needed
         self.test = test
@@ -401,6 +402,11 @@ class ModelRun:
             self.figures.update(heldout_elbo_float16=round(e, 5), heldout_images=len(images))
             self.log(f"{self.name}: package's held-out -ELBO {e:.4f} bits/dim on {len(images)} "
                      "images (float16 weights, float32 arithmetic)")
+            for part, where in self.parts.items():
+                e = self.heldout_elbo(state, self.test[where])
+                self.figures[f"heldout_elbo_float16_{part}"] = round(e, 5)
+                self.log(f"{self.name}: ... {e:.4f} bits/dim on the {len(self.test[where])} {part} "
+                         "patches")
         n = max(1, self.args.roundtrip_images)
         chains = self.test[np.arange(2 * n) * max(1, len(self.test) // (2 * n))].reshape(
             2, n, *self.test.shape[1:])

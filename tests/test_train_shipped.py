@@ -40,6 +40,8 @@ def write_carry(folder):
     sd.write_png_folder(os.path.join(photos, "train", "x1_4"), 2, 20, 36, seed=4)  # < one patch
     np.save(os.path.join(photos, "test_32x32.npy"),
             sd.blobs(16, 3, 32, 32, 6).transpose(0, 2, 3, 1))
+    with open(os.path.join(folder, "photos", "heldout_parts.json"), "w") as f:
+        json.dump({"native": 10, "downscaled": 6}, f)
     return folder
 
 
@@ -79,7 +81,8 @@ def test_whole_command_trains_packs_and_its_archives_load(finished, carry, tmp_p
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert summary["status"] == "ok" and set(summary["models"]) == names
     mnist_test = dd.load_carried_mnist(carry)[1]
-    _, photo_test = dd.load_carried_photos(carry)
+    _, photo_test, parts = dd.load_carried_photos(carry)
+    assert parts == {"native": slice(0, 10), "downscaled": slice(10, 16)}
     for name in names:
         folder = unpack(os.path.join(out, f"{name}.tar.gz"), tmp_path / name)
         assert {"result.json", "train.log", "curve.csv", "checkpoint.pt", name} <= set(os.listdir(folder))
@@ -102,6 +105,12 @@ def test_whole_command_trains_packs_and_its_archives_load(finished, carry, tmp_p
         torch.manual_seed(0)
         elbo = evaluate(loaded.net, ArrayImages(test), 8, torch.device("cpu"), Distributed(), 0)["elbo"]
         assert elbo == pytest.approx(figures["heldout_elbo_float16"], abs=1e-4)
+        if dataset == "imagenetcrop":   # and apart: native-scale and downscaled patches
+            for part, where in parts.items():
+                torch.manual_seed(0)
+                elbo = evaluate(loaded.net, ArrayImages(test[where]), 8, torch.device("cpu"),
+                                Distributed(), 0)["elbo"]
+                assert elbo == pytest.approx(figures[f"heldout_elbo_float16_{part}"], abs=1e-4)
         # a fresh Bit-Swap round trip with the unpacked package codes exactly
         from utils.bitsback import BitsBackCoder
         from utils.device import deterministic_torch
@@ -242,7 +251,10 @@ def test_prepare_device_carry_writes_compact_data(tmp_path):
     sd.write_mnist(str(root))
     photos = root / "photos"
     sd.write_png_folder(str(photos / "imagenetcrop" / "train" / "x1"), 3, 64, 64, seed=2)
-    np.save(photos / "imagenetcrop" / "test_32x32.npy", sd.blobs(4, 3, 32, 32, 3).transpose(0, 2, 3, 1))
+    patches = sd.blobs(4, 3, 32, 32, 3).transpose(0, 2, 3, 1)
+    np.save(photos / "imagenetcrop" / "test_32x32.npy", patches)
+    np.save(photos / "heldout_patches_native.npy", patches[:3])
+    np.save(photos / "heldout_patches_downscaled.npy", patches[3:])
     (photos / "summary.json").write_text("{}")
     carry = tmp_path / "carry"
     assert P.main(["--data-root", str(root), "--carry", str(carry), "--no-wheels",
@@ -251,8 +263,12 @@ def test_prepare_device_carry_writes_compact_data(tmp_path):
     from utils.data import load_images
     assert np.array_equal(train[:, :, 2:30, 2:30], load_images("mnist", "train", str(root)))
     assert train.shape[-1] == 32 and len(test) == len(load_images("mnist", "test", str(root)))
-    tiles, held = dd.load_carried_photos(str(carry))
+    tiles, held, parts = dd.load_carried_photos(str(carry))
     assert len(tiles) == 3 and held.shape == (4, 3, 32, 32)
+    assert parts == {"native": slice(0, 3), "downscaled": slice(3, 4)}
+    np.save(photos / "heldout_patches_downscaled.npy", patches[2:])   # not the halves any more
+    assert P.main(["--data-root", str(root), "--carry", str(carry), "--no-wheels",
+                   "--photos-mib", "1", "--limit-mib", "1000"]) == 1
     assert P.main(["--data-root", str(root), "--carry", str(carry), "--no-wheels",
                    "--photos-mib", "1", "--limit-mib", "0.01"]) == 1
 

@@ -10,6 +10,9 @@ and the compact layout written by scripts/prepare_device_carry.py::
                                          compressed
     CARRY/photos/imagenetcrop/train/     training tiles (PNG, any depth of folders)
     CARRY/photos/imagenetcrop/test_32x32.npy   held-out 32x32 patches, uint8
+    CARRY/photos/heldout_parts.json      {"native": n1, "downscaled": n2}: the test
+                                         patches are n1 native-scale ones, then n2
+                                         downscaled ones (optional)
 
 Why on the device: a batch of 512 patches cut in Python by a DataLoader takes
 longer than the GPU's training step; here a batch is a handful of kernels.
@@ -128,9 +131,14 @@ def load_carried_mnist(carry):
                  for a in arrays)
 
 
+PARTS_FILE = "heldout_parts.json"
+
+
 def load_carried_photos(carry):
-    """(tiles, test): training tiles as uint8 (3, H, W) arrays and the
-    held-out patches uint8 (N, 3, 32, 32)."""
+    """(tiles, test, parts): training tiles as uint8 (3, H, W) arrays, the
+    held-out patches uint8 (N, 3, 32, 32), and {part name: slice of test}
+    (empty when the carry does not say)."""
+    import json
     root = os.path.join(carry, PHOTOS_DIR, "imagenetcrop")
     tiles = [read_image(f) for f in list_image_files(os.path.join(root, "train"))]
     test_path = os.path.join(root, "test_32x32.npy")
@@ -140,4 +148,15 @@ def load_carried_photos(carry):
     test = to_nchw(np.load(test_path), test_path)
     if test.shape[1:] != (3, PATCH, PATCH):
         raise ValueError(f"{test_path}: expected RGB 32x32 patches, got shape {test.shape}")
-    return tiles, test
+    parts, parts_path = {}, os.path.join(carry, PHOTOS_DIR, PARTS_FILE)
+    if os.path.isfile(parts_path):
+        with open(parts_path) as f:
+            counts = json.load(f)
+        if sum(counts.values()) != len(test):
+            raise ValueError(f"{parts_path}: parts of {sum(counts.values())} patches, but "
+                             f"{test_path} holds {len(test)}")
+        start = 0
+        for name, n in counts.items():
+            parts[name] = slice(start, start + n)
+            start += n
+    return tiles, test, parts
