@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import warnings
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -30,21 +29,18 @@ if ROOT not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from utils import codecs, protocol  # noqa: E402
+from utils import cli, codecs, protocol  # noqa: E402
+from utils.cli import BadInput  # noqa: E402
 from utils.data import DataNotFoundError, load_image_folder, load_images  # noqa: E402
 
 # Published figures with this protocol: the reference code on the MNIST test
-# set (28x28), and the paper's full-size ImageNet table (issue 6, DESIGN.md 8).
+# set (28x28), and the paper's full-size ImageNet table (docs/design.md).
 REFERENCE_BITS_PER_DIM = {
     "mnist": {"gzip": 1.65, "bzip2": 1.59, "lzma": 1.49, "webp": 2.10},
     "imagenetcrop": {"gzip": 5.96, "bzip2": 5.07, "lzma": 5.09, "png": 4.71, "webp": 3.66},
 }
 DATASET_LABELS = {"mnist": "MNIST", "cifar": "CIFAR-10", "imagenet": "ImageNet 32x32",
                   "imagenetcrop": "full-size ImageNet", "folder": "image folder"}
-
-
-class BadInput(Exception):
-    """Bad user input or missing data: reported as one line, exit status 2."""
 
 
 # ------------------------------------------------------------ experiments
@@ -183,20 +179,6 @@ def format_table(result):
     return "\n".join(lines)
 
 
-def write_json_atomic(path, obj):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 # -------------------------------------------------------------------- CLI
 
 def parse_args(argv):
@@ -219,20 +201,20 @@ def parse_args(argv):
                        help="compress: the images the Bit-Swap compress scripts code "
                             "(default); reference: the reference benchmark's redraws")
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.parser("benchmark_compress.py", __doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="dataset", required=True)
     for name in ("mnist", "cifar", "imagenet"):
-        sub.add_parser(name, parents=[common, small], help=f"{DATASET_LABELS[name]} test set")
-    crop = sub.add_parser("imagenetcrop", parents=[common],
+        sub.add_parser(name, parents=[common, small], formatter_class=cli.HelpFormatter, help=f"{DATASET_LABELS[name]} test set")
+    crop = sub.add_parser("imagenetcrop", parents=[common], formatter_class=cli.HelpFormatter,
                           help="full-size ImageNet images from a folder, cropped to x32")
     crop.add_argument("--data-root", default="data")
-    crop.add_argument("--folder", help="default: DATA_ROOT/imagenetfull/test")
-    folder = sub.add_parser("folder", parents=[common],
+    crop.add_argument("--folder", help="default: DATA_ROOT/imagenetcrop/test")
+    folder = sub.add_parser("folder", parents=[common], formatter_class=cli.HelpFormatter,
                             help="any folder of images, cropped to x32")
     folder.add_argument("folder")
     args = parser.parse_args(argv)
     if args.dataset == "imagenetcrop" and not args.folder:
-        args.folder = os.path.join(args.data_root, "imagenetfull", "test")
+        args.folder = os.path.join(args.data_root, "imagenetcrop", "test")
     args.codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
     unknown = [c for c in args.codecs if c not in codecs.CODECS]
     if unknown:
@@ -245,21 +227,21 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        if args.dataset in ("imagenetcrop", "folder"):
-            batches, info = experiments_full_size(args)
-        else:
-            batches, info = experiments_32x32(args)
-    except BadInput as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return cli.run_main("benchmark_compress.py", lambda: run(args))
+
+
+def run(args):
+    if args.dataset in ("imagenetcrop", "folder"):
+        batches, info = experiments_full_size(args)
+    else:
+        batches, info = experiments_32x32(args)
     unavailable = {n: r for n, r in codecs.unavailable_codecs().items() if n in args.codecs}
     usable = [n for n in args.codecs if n not in unavailable]
     per_exp, failed = run_codecs(batches, usable, progress=not args.no_progress)
     result = summarize(args, batches, per_exp, failed, unavailable, info)
     print(format_table(result))
     if args.out:
-        write_json_atomic(args.out, result)
+        cli.write_atomic(args.out, json.dumps(result, indent=1))
         print(f"wrote {args.out}")
     return 1 if failed else 0
 

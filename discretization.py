@@ -1,23 +1,28 @@
-"""Derive the latent discretization bins of a trained model (DESIGN.md section 4).
+"""Derive the latent discretization bins of a trained model.
 
-    python discretization.py mnist --nz 8 [--quantbits 10] [--params P] [--out bins]
+    python discretization.py mnist --params runs/mnist_nz8 [--quantbits 10] [--bins DIR]
 
 * top layer: 2^q bins of equal mass under the prior Logistic(0, 1);
 * lower layers: 30 * 2^q samples of every z_i from the generative model
   (ancestral from the prior) pooled with 30 * 2^q from the inference model on
-  training images (a seeded random subset of the whole training set), then 2^q equal-width bins between each dimension's sample
-  min and max (scikit-learn KBinsDiscretizer, strategy 'uniform'); centre =
-  midpoint.  Only min and max matter for 'uniform', so they are tracked
+  training images (a seeded random subset of the whole training set), then
+  2^q equal-width bins between each dimension's sample min and max
+  (scikit-learn KBinsDiscretizer, strategy 'uniform'); centre = midpoint.
+  Only min and max matter for 'uniform', so they are tracked
   while sampling (no need to hold the samples) and the discretizer is fitted
   on those two rows: same edges as fitting on all samples.
 imagenetcrop: the training data are fixed 32x32 patches of the photos in
 DATA_ROOT/imagenetcrop/train.
-Writes ``{out}/{dataset}_nz{nz}_zendpoints{q}.pt`` and ``..._zcentres{q}.pt``
-(the authors' format) and the compact ``..._zranges{q}.pt`` (see
-utils/bins.py; ``--compact-only`` skips the large authors' files).  Exit
-status 2 on bad input.
+
+--params is anything model/package.py loads (a training run folder or its
+checkpoint.pt: the EMA weights, or --weights raw; model_best.pt; the authors'
+files).  Writes, in --bins (default: beside the weights, i.e. the run
+folder, where the compress scripts look first), the compact
+``{dataset}_nz{nz}_zranges{q}.pt`` recording the weights' fingerprint (see
+utils/bins.py) and, unless --compact-only, the authors' two large files
+``..._zendpoints{q}.pt`` / ``..._zcentres{q}.pt``.  Existing bins files are
+never replaced without --force.  Exit status: utils/cli.py.
 """
-import argparse
 import os
 import sys
 
@@ -28,6 +33,7 @@ if ROOT not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from utils import cli  # noqa: E402
 from utils.bins import LatentBins, ranges_path  # noqa: E402
 
 SAMPLES_PER_BIN = 30
@@ -85,8 +91,8 @@ def inference_images(available, samples, rng):
 
 def derive_bins(model, train_images, quantbits=10, samples_per_bin=SAMPLES_PER_BIN,
                 batch=256, seed=0, progress=True):
-    """The bins of DESIGN.md section 4 for ``model`` as a LatentBins (with
-    its compact ``ranges``)."""
+    """The bins described above for ``model`` as a LatentBins (with its
+    compact ``ranges``)."""
     nz, zdim = model.nz, int(np.prod(model.zdim))
     ranges = np.empty((nz - 1, zdim, 2))
     if nz > 1:
@@ -107,51 +113,77 @@ def training_patches(root, count, seed=0):
     return np.stack([patches[int(i)][0].numpy().astype(np.uint8) for i in pick])
 
 
-def main(argv=None):
+def parse_args(argv):
     from model.config import DATASETS
-    from utils.experiment import BadInput, load_model, pad_to_model
-    from utils.data import DataNotFoundError, load_images
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = cli.parser("discretization.py", __doc__.split("\n")[0])
     p.add_argument("dataset", choices=DATASETS)
-    p.add_argument("--nz", type=int, required=True)
+    p.add_argument("--params", required=True,
+                   help="the trained model (run folder, checkpoint.pt, model_best.pt, a "
+                        "state-dict file)")
+    p.add_argument("--weights", default="ema", choices=["ema", "raw"],
+                   help="for a training checkpoint: its EMA weights or the raw ones")
+    p.add_argument("--nz", type=int, default=None, help="checked against the model when given")
     p.add_argument("--quantbits", type=int, default=10)
-    p.add_argument("--params", default=None, help="checkpoint (default params/{dataset}/nz{nz})")
-    p.add_argument("--out", default="bins", help="directory for the bins files")
+    p.add_argument("--bins", default=None,
+                   help="folder for the bins files (default: the folder of the weights)")
+    p.add_argument("--force", action="store_true", help="replace existing bins files")
     p.add_argument("--data-root", default="data")
     p.add_argument("--download", action="store_true")
     p.add_argument("--samples-per-bin", type=int, default=SAMPLES_PER_BIN)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--no-progress", action="store_true")
+    cli.add_device_argument(p)
+    cli.add_progress_argument(p)
     p.add_argument("--compact-only", action="store_true",
                    help="write only the compact ranges file, not the authors' (large) files")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def run(args):
+    from model import package
+    from utils.bins import bins_paths
+    from utils.data import DataNotFoundError, load_images
+    from utils.device import device_from_args
+    from utils.experiment import pad_to_model
+    if not 1 <= args.quantbits <= 16:
+        raise cli.BadInput(f"--quantbits must be in [1, 16], got {args.quantbits}")
+    device = device_from_args(args)
+    kind, _ = package.resolve(args.params)
+    if kind == "package" and args.bins is None:
+        raise cli.BadInput(f"{args.params} is a model package with its own bins; pass --bins DIR "
+                           "to derive bins elsewhere")
+    model = package.load(args.params, dataset=args.dataset, nz=args.nz, device=device,
+                         need_bins=False, weights=args.weights)
+    out = args.bins or os.path.dirname(os.path.abspath(model.source))
+    nz = model.net.nz
+    targets = [ranges_path(out, args.dataset, nz, args.quantbits)]
+    if not args.compact_only:
+        targets += list(bins_paths(out, args.dataset, nz, args.quantbits))
+    existing = [p for p in targets if os.path.exists(p)]
+    if existing and not args.force:
+        raise cli.BadInput(f"{existing[0]} exists (bins of some model); pass --force to replace "
+                           "it, or --bins DIR to write elsewhere")
     try:
-        if not 1 <= args.quantbits <= 16:
-            raise BadInput(f"--quantbits must be in [1, 16], got {args.quantbits}")
-        params = args.params or os.path.join("params", args.dataset, f"nz{args.nz}")
-        model = load_model(args.dataset, args.nz, params, args.device)
-        try:
-            if args.dataset == "imagenetcrop":
-                train = training_patches(args.data_root, args.samples_per_bin << args.quantbits,
-                                         args.seed)
-            else:
-                train = pad_to_model(args.dataset, load_images(args.dataset, "train", args.data_root,
-                                                               download=args.download))
-        except DataNotFoundError as exc:
-            raise BadInput(str(exc)) from None
-        bins = derive_bins(model, train, args.quantbits, args.samples_per_bin, args.batch,
-                           args.seed, progress=not args.no_progress)
-    except BadInput as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    os.makedirs(args.out, exist_ok=True)
-    paths = [] if args.compact_only else list(bins.save(args.out, args.dataset))
-    paths.append(bins.save_ranges(ranges_path(args.out, args.dataset, args.nz, args.quantbits)))
-    print("wrote " + ", ".join(paths))
-    return 0
+        if args.dataset == "imagenetcrop":
+            train = training_patches(args.data_root, args.samples_per_bin << args.quantbits,
+                                     args.seed)
+        else:
+            train = pad_to_model(args.dataset, load_images(args.dataset, "train", args.data_root,
+                                                           download=args.download))
+    except DataNotFoundError as exc:
+        raise cli.BadInput(str(exc)) from None
+    bins = derive_bins(model.net, train, args.quantbits, args.samples_per_bin, args.batch,
+                       args.seed, progress=not args.no_progress)
+    bins.weights_fingerprint = model.weights_fingerprint
+    paths = [] if args.compact_only else list(bins.save(out, args.dataset))
+    paths.append(bins.save_ranges(targets[0]))
+    print(f"wrote {', '.join(paths)} (bins of {model.source}, weights fingerprint "
+          f"{model.weights_fingerprint[:12]})")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    return cli.run_main("discretization.py", lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -1,30 +1,32 @@
 """Compress one 8-bit RGB or grayscale image losslessly with Bit-Swap.
 
-    python image_compress.py PHOTO.png [-o PHOTO.bsw] [--model DIR] [--device auto]
+    python image_compress.py PHOTO.png [-o PHOTO.bsw] [--model demo] [--device auto]
 
 Prints the sizes of the classical lossless codecs next to Bit-Swap's and
 writes a .bsw container (utils/container.py); get the image back with
-image_decompress.py.  All the work is in utils/imagecodec.py.
+image_decompress.py.  The coding is in utils/imagecodec.py.  Exit status:
+0 ok, 1 failure at run time (verification failed), 2 bad input.
 """
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from utils import imagecodec  # noqa: E402
+from utils import cli  # noqa: E402
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = cli.parser("image_compress.py", __doc__.split("\n")[0])
     ap.add_argument("image", help="8-bit RGB or grayscale image (PNG, JPEG, ...)")
     ap.add_argument("-o", "--output", help="output container (default: IMAGE with suffix .bsw)")
-    ap.add_argument("--model", help="model directory or model.json (default: the shipped demo model)")
-    ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    ap.add_argument("--model", default="demo",
+                    help="model package folder or shipped name (see model/package.py)")
+    cli.add_device_argument(ap)
     ap.add_argument("--force", action="store_true", help="overwrite an existing output file")
     ap.add_argument("--verify", action="store_true", help="decode the result again before writing it")
     ap.add_argument("--no-table", action="store_true", help="skip the baseline codecs")
-    ap.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    cli.add_progress_argument(ap)
+    ap.add_argument("--quiet", action="store_true", help="print nothing (implies --no-progress)")
     return ap.parse_args(argv)
 
 
@@ -41,7 +43,8 @@ def table_rows(image, result, include_baselines=True):
 
 def print_table(rows, dims, result):
     base = rows[0][1]
-    print(f"{'codec':<18}{'bits':>12}{'bits/dim':>10}{'ratio':>8}")
+    print(f"{'codec':<18}{'bits':>12}{'bits/dim':>10}{'ratio':>8}   (bits/dim: per 8-bit sample "
+          "of the image, height x width x channels)")
     for label, bits in rows:
         if bits is None:
             print(f"{label:<18}{'unavailable':>12}")
@@ -57,22 +60,27 @@ def main(argv=None):
     out = args.output or os.path.splitext(args.image)[0] + ".bsw"
 
     def work():
-        image, mode = imagecodec.load_image(args.image)
-        imagecodec.check_output_path(out, args.force)
-        model = imagecodec.load_model(args.model, imagecodec.pick_device(args.device))
-        result = imagecodec.compress(image, mode, model, quiet=args.quiet)
+        from utils import imagecodec, images
+        from utils.device import device_from_args
+        image, mode = images.load_image(args.image)
+        cli.check_output_path(out, args.force, inputs=[args.image])
+        model = imagecodec.load_codec_model(args.model, device_from_args(args))
+        quiet = args.quiet or args.no_progress
+        result = imagecodec.compress(image, mode, model, quiet=quiet)
         if args.verify:
-            decoded, _ = imagecodec.decompress(result.data, model, quiet=args.quiet)
+            decoded, _ = imagecodec.decompress(result.data, model, quiet=quiet)
             if decoded.shape != image.shape or (decoded != image).any():
-                raise imagecodec.DemoError("verification failed: the container does not decode to the image")
-        imagecodec.write_atomic(out, result.data)
+                raise cli.RunFailure("verification failed: the container does not decode to the image")
+        cli.write_atomic(out, result.data)
         if not args.quiet:
             h, w, c = image.shape
             print(f"{args.image}: {w}x{h} {mode}, model {model.name}")
             print_table(table_rows(image, result, not args.no_table), image.size, result)
+            if args.verify:
+                print("verified: the container decodes to the same pixels")
             print(f"wrote {out}")
 
-    return imagecodec.run_cli("image_compress", work)
+    return cli.run_main("image_compress", work)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The demo codec on photos: bits/dim next to PNG / WebP / JPEG XL, and time.
 
-    python benchmarks/demo_bench.py [PHOTO|FOLDER ...] [--model DIR | --random] [--repeats 1]
+    python benchmarks/demo_bench.py [PHOTO|FOLDER ...] [--model demo | --random] [--repeats 1]
 
 For every photo (folders are expanded): compress with the demo codec
 (utils/imagecodec.py, the library path of image_compress.py), decompress,
@@ -10,7 +10,6 @@ lossless and JPEG XL lossless from utils/codecs.py, plus median seconds.
 --random builds a random-init model of a demo size in a temp folder: the
 networks cost about the same as a trained one's, the rate is meaningless.
 """
-import argparse
 import os
 import statistics
 import sys
@@ -21,7 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from utils import codecs, imagecodec  # noqa: E402
+from model import package  # noqa: E402
+from utils import cli, codecs, imagecodec, images  # noqa: E402
 from utils.data import list_image_files  # noqa: E402
 
 DEMO_SIZE = dict(xs=(3, 32, 32), nz=2, zchannels=8, width=64, nprocessing=2, resdepth=4,
@@ -37,22 +37,23 @@ def photos_from(paths):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = cli.parser("demo_bench.py", __doc__.split("\n")[0])
     ap.add_argument("photos", nargs="*",
-                    default=[os.path.join(imagecodec.REPO_ROOT, "samples", "chelsea.png")])
-    ap.add_argument("--model", default=None, help="model directory (default: the shipped one)")
+                    default=[os.path.join(package.REPO_ROOT, "samples", "chelsea.png")])
+    ap.add_argument("--model", default="demo", help="model package folder or shipped name")
     ap.add_argument("--random", action="store_true")
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        path = imagecodec.random_model_dir(tmp, **DEMO_SIZE) if args.random else args.model
-        model = imagecodec.load_model(path, "cpu")
-        print(f"model {model.name} ({model.hash[:12]})")
+        path = package.random_package(tmp, **DEMO_SIZE) if args.random else args.model
+        model = imagecodec.load_codec_model(path, "cpu")
+        print(f"model {model.name} ({model.identity[:12]}); sizes in bits/dim (bits per 8-bit "
+              "sample, whole files), times in seconds")
         print(f"{'photo':28s} {'size':>9s} {'Bit-Swap':>9s} " + " ".join(f"{n:>8s}" for n in BASELINES)
               + f" {'enc s':>7s} {'dec s':>7s}")
         totals = dict(dims=0, bitswap=0, **{n: 0 for n in BASELINES})
         for photo in photos_from(args.photos):
-            image, mode = imagecodec.load_image(photo)
+            image, mode = images.load_image(photo)
             enc, dec = [], []
             for _ in range(args.repeats):
                 t = time.perf_counter()

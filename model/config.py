@@ -1,5 +1,5 @@
 """Per-dataset configurations: the paper's architecture and training
-hyperparameters (DESIGN.md section 3). A dataset is nothing but one of these.
+hyperparameters (docs/design.md, "Training"). A dataset is nothing but one of these.
 
 `config_for(dataset, **overrides)` returns a `TrainConfig`; `width` defaults
 to the paper's width for the chosen `nz` (MNIST 8/4/2/1 -> 61/62/63/64,
@@ -95,8 +95,3 @@ def config_for(dataset, **overrides):
     kw.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(dataset=dataset, **kw)
 
-
-def build_model(dataset, **overrides):
-    """Convenience: the HVAE of `config_for(dataset, **overrides)`."""
-    from model.hvae import HVAE
-    return HVAE.from_config(config_for(dataset, **overrides))

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.distributions import discretized_logistic_logp, logistic_logp
+from utils.densities import discretized_logistic_logp, logistic_logp
 from utils.modules import (INV_SOFTPLUS_ONE, Squeeze2d, UnSqueeze2d, WnConv2d,
                            data_dependent_init, deal_round_robin, residual_block,
                            twin_conv)

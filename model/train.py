@@ -1,10 +1,11 @@
 """Training and evaluation loop shared by the four per-dataset scripts.
 
-Owns: the command line (`parse_args`), checkpoints (`save_checkpoint`,
-`load_checkpoint`, atomic), the EMA of the weights, the learning-rate
-schedule, evaluation, logging, and `main(dataset, argv)`.
+Owns: the command line (`parse_args`; --resume of a run reads its settings
+and output folder from the checkpoint), checkpoints (`Trainer.save`, atomic),
+the EMA of the weights, the learning-rate schedule, evaluation, logging, and
+`main(dataset, argv)`.
 
-Semantics (DESIGN.md section 3): data-dependent init on `init_batches`
+Semantics (docs/design.md, "Training"): data-dependent init on `init_batches`
 stacked batches (rank 0's, broadcast), Adam, lr = max(lr_min, lr * decay^t)
 with t the number of steps since `decay_start`, gradient-norm clipping,
 free bits per latent layer and channel, evaluation of the test ELBO (plain,
@@ -18,94 +19,156 @@ average.)
 
 Files under --out:
   checkpoint.pt   full training state (model, EMA, optimizer, step, epoch,
-                  position in the epoch, RNG states): --resume continues
-                  exactly, bit for bit on the same machine and world size;
+                  position in the epoch, RNG states as tensors): --resume
+                  continues exactly, bit for bit on the same machine and world
+                  size; read with torch.load(weights_only=True) (older files
+                  with numpy RNG states: model/package.read_checkpoint);
   model_best.pt   EMA weights with the best test ELBO, as a plain state dict
                   in the authors' layout (`torch.save(model.state_dict())`);
   model_last.pt   EMA weights at the last checkpoint, same format.
 All written to a temporary file and renamed, so a run killed at any moment
 leaves the previous files intact. Only rank 0 writes or logs.
 """
-import argparse
 import copy
 import hashlib
+import json
 import math
 import os
 import random
-import sys
 import time
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 
-from model import distributed
+from model import distributed, package
 from model.config import config_for
 from model.hvae import HVAE
+from model.package import CHECKPOINT_FORMAT
+from utils import cli
+from utils.cli import BadInput, atomic_output
+from utils.device import resolve_device
 
-CHECKPOINT_FORMAT = "bitswap-train-1"
+CURVE_SEED = 20190601  # posterior samples of the --curve-minutes evaluations
 
 
-class TrainingError(RuntimeError):
-    """A run cannot start or continue; the message says why (no traceback)."""
+class TrainingError(cli.RunFailure):
+    """A run failed while training (a NaN loss, ranks out of step): one
+    line, exit status 1.  Bad flags, files or data are BadInput (status 2)."""
 
 
 # ---- command line ---------------------------------------------------------
+# (flag, type, TrainConfig field, help): the settings a checkpoint records.
+# Unset flags take the paper's value for the dataset, or, with --resume of a
+# training checkpoint, the value that run used.
+SETTINGS = [
+    ("--nz", int, "nz", "number of latent layers"),
+    ("--width", int, "width", "channels of every convolution (paper: depends on --nz)"),
+    ("--zchannels", int, "zchannels", "channels per latent layer"),
+    ("--nprocessing", int, "nprocessing", "5x5 residual layers at the pixel side"),
+    ("--blocks", int, "blocks", "residual layers dealt over the latent layers (resdepth)"),
+    ("--dropout", float, "dropout", "dropout probability in the residual layers"),
+    ("--kernel", int, "kernel", "kernel size of the latent-side convolutions"),
+    ("--batch", int, "batch", "global batch size, split over the ranks"),
+    ("--lr", float, "lr", "learning rate"),
+    ("--decay", float, "decay", "learning-rate decay factor per step"),
+    ("--schedule", int, "schedule", "apply the learning-rate decay (1) or not (0)"),
+    ("--epochs", int, "epochs", "epochs in all (the paper trains until stopped)"),
+    ("--interval", int, "interval", "evaluate with EMA weights every N epochs"),
+    ("--seed", int, "seed", "seed of the initial weights and the data order"),
+    ("--patches-per-image", int, "patches_per_image",
+     "imagenetcrop: random 32x32 patches per image file and epoch (paper: 1; use more for a "
+     "small photo collection)"),
+    ("--init-batches", int, "init_batches", "batches stacked for the data-dependent init"),
+]
+ARCHITECTURE_FLAGS = ("--nz", "--width", "--zchannels", "--nprocessing", "--blocks", "--kernel")
+
+
 def parse_args(dataset, argv=None):
-    p = argparse.ArgumentParser(
-        prog=f"{dataset}_train.py",
-        description=f"Train the Bit-Swap hierarchical VAE on {dataset} (defaults: the paper's).")
+    paper = config_for(dataset)
+    p = cli.parser(f"{dataset}_train.py",
+                   f"Train the Bit-Swap hierarchical VAE on {dataset}.\n\n"
+                   "Unset settings take the paper's value for the dataset (shown as "
+                   "'paper'); with --resume RUN they\ntake the value that run used, and the "
+                   "output folder is RUN. A run stops at --epochs, --max-steps or\n"
+                   "--max-minutes, whichever comes first, always with a checkpoint; "
+                   "model_best.pt (EMA weights,\nbest test ELBO) and model_last.pt (EMA "
+                   "weights at the last checkpoint) are written too.")
     a = p.add_argument
-    a("--nz", type=int, help="number of latent layers")
-    a("--width", type=int, help="channels of every convolution (default: paper's for --nz)")
-    a("--zchannels", type=int, help="channels per latent layer")
-    a("--nprocessing", type=int, help="5x5 residual layers at the pixel side")
-    a("--blocks", type=int, help="residual layers dealt over the latent layers (resdepth)")
-    a("--dropout", type=float)
-    a("--kernel", type=int, help="kernel size of the latent-side convolutions")
-    a("--batch", type=int, help="global batch size, split over the ranks")
-    a("--lr", type=float)
-    a("--decay", type=float, help="learning-rate decay factor per step")
-    a("--schedule", type=int, choices=(0, 1), help="apply the learning-rate decay (1) or not (0)")
-    a("--epochs", type=int)
-    a("--interval", type=int, help="evaluate with EMA weights every N epochs")
-    a("--seed", type=int)
-    a("--patches-per-image", type=int, dest="patches_per_image",
-      help="imagenetcrop: random 32x32 patches per image file and epoch (paper: 1; use more "
-           "for a small photo collection)")
-    a("--init-batches", type=int, dest="init_batches",
-      help="batches stacked for the data-dependent init")
+    for flag, kind, name, text in SETTINGS:
+        value = getattr(paper, name)
+        a(flag, type=kind, dest=name, default=None,
+          choices=(0, 1) if name == "schedule" else None,
+          help=f"{text} (paper: {int(value) if name == 'schedule' else value})")
     a("--dist", type=int, default=0, choices=(0, 1),
       help="1: data-parallel over the ranks of mpiexec/torchrun (Horovod if installed)")
-    a("--gpu", type=int, default=None, help="CUDA device index (default: local rank)")
-    a("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    cli.add_device_argument(p)
     a("--data-root", default="data", help="folder holding the datasets (see utils/data.py)")
     a("--download", action="store_true", help="download MNIST / CIFAR-10 through torchvision")
-    a("--out", default=None, help="checkpoint directory (default: runs/<dataset>_nz<nz>)")
+    a("--out", default=None,
+      help="output folder (default: runs/<dataset>_nz<nz>; with --resume RUN: RUN)")
     a("--resume", default=None,
-      help="checkpoint.pt (or its folder) to continue, or a plain state dict (e.g. the "
-           "authors' released model) to start from")
-    a("--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps")
-    a("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+      help="a run folder or its checkpoint.pt to continue exactly (settings and output folder "
+           "from it), or weights to start from: a model package, a shipped name (e.g. "
+           "mnist-nz8), a state dict such as the authors' released files")
+    a("--max-steps", type=int, default=None,
+      help="stop when the run's step counter reaches this total (steps of earlier sessions "
+           "count: resuming a run already there does nothing)")
+    a("--max-minutes", type=float, default=None,
+      help="stop after this many minutes of this session (wall clock)")
     a("--checkpoint-minutes", type=float, default=30.0,
       help="also checkpoint every this many minutes within an epoch")
     a("--log-dir", default=None, help="TensorBoard folder (default: <out>/logs)")
     a("--log-every", type=int, default=50, help="steps between TensorBoard scalars")
     a("--workers", type=int, default=None, help="data-loader workers (default 0 on CPU, 4 on GPU)")
     a("--threads", type=int, default=None, help="torch CPU threads per process")
-    a("--no-progress", action="store_true", help="no tqdm progress bar")
+    cli.add_progress_argument(p)
+    a("--curve-minutes", type=float, default=None,
+      help="every this many minutes of training (wall, evaluation excluded), evaluate the EMA "
+           "weights on the first --curve-images held-out images and append a row to "
+           "<out>/curve.csv (training budget so far in wall and CPU seconds, test ELBO); also "
+           "once when the run stops")
+    a("--curve-images", type=int, default=2000,
+      help="held-out images per --curve-minutes evaluation (the same ones every time)")
     args = p.parse_args(argv)
-    cfg = config_for(dataset, nz=args.nz, width=args.width, zchannels=args.zchannels,
-                     nprocessing=args.nprocessing, blocks=args.blocks, dropout=args.dropout,
-                     kernel=args.kernel, batch=args.batch, lr=args.lr, decay=args.decay,
-                     schedule=None if args.schedule is None else bool(args.schedule),
-                     epochs=args.epochs, interval=args.interval, seed=args.seed,
-                     init_batches=args.init_batches, patches_per_image=args.patches_per_image)
+    given = {name: getattr(args, name) for _, _, name, _ in SETTINGS
+             if getattr(args, name) is not None}
+    if "schedule" in given:
+        given["schedule"] = bool(given["schedule"])
+    args.resume_checkpoint = None
+    saved = resumed_settings(dataset, args)
+    if saved is not None:
+        base = {k: v for k, v in saved.items() if k != "dataset"}
+        cfg = config_for(dataset, **{**base, **given})
+    else:
+        cfg = config_for(dataset, **given)
     if args.out is None:
-        args.out = os.path.join("runs", f"{dataset}_nz{cfg.nz}")
+        args.out = (os.path.dirname(os.path.abspath(args.resume_checkpoint[0])) if saved is not None
+                    else os.path.join("runs", f"{dataset}_nz{cfg.nz}"))
     if args.log_dir is None:
         args.log_dir = os.path.join(args.out, "logs")
     return cfg, args
+
+
+def resumed_settings(dataset, args):
+    """The settings recorded in --resume's training checkpoint (None when
+    --resume is not one); the checkpoint is kept in args.resume_checkpoint."""
+    if not args.resume:
+        return None
+    path = args.resume
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "checkpoint.pt")):
+        path = os.path.join(path, "checkpoint.pt")
+    if not os.path.isfile(path) or path.endswith((".json", ".safetensors")):
+        return None
+    obj = package.read_checkpoint(path)
+    if not package.is_training_checkpoint(obj):
+        return None
+    saved = dict(obj.get("config") or {})
+    if saved.get("dataset", dataset) != dataset:
+        raise BadInput(f"--resume {args.resume} is a {saved['dataset']} run, not {dataset}; use "
+                       f"model/{saved['dataset']}_train.py")
+    args.resume_checkpoint = (path, obj)
+    return saved
 
 
 # ---- schedule, EMA --------------------------------------------------------
@@ -151,33 +214,40 @@ class EMA:
 
 # ---- checkpoints ----------------------------------------------------------
 def atomic_save(obj, path):
-    """torch.save to a temporary file in the same folder, then rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """torch.save through utils.cli.atomic_output (temporary file, rename)."""
+    with atomic_output(path) as f:
+        torch.save(obj, f)
 
 
 def rng_state():
-    state = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(),
-                 python=random.getstate())
+    """Every generator's state as tensors and plain numbers, so that a
+    checkpoint loads with torch.load(weights_only=True)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, mt, gauss_next = random.getstate()
+    state = dict(torch=torch.get_rng_state(),
+                 numpy=dict(kind=kind, keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos),
+                            has_gauss=int(has_gauss), cached_gaussian=float(gauss)),
+                 python=dict(version=version, state=torch.tensor(mt, dtype=torch.int64),
+                             gauss_next=gauss_next))
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state):
+    """Restore rng_state(); also reads the older layout (numpy's and
+    Python's own state objects, see model/package.read_checkpoint)."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    npstate = state["numpy"]
+    if isinstance(npstate, dict):
+        npstate = (npstate["kind"], npstate["keys"].numpy().astype(np.uint32), npstate["pos"],
+                   npstate["has_gauss"], npstate["cached_gaussian"])
+    np.random.set_state(npstate)
+    pystate = state["python"]
+    if isinstance(pystate, dict):
+        pystate = (pystate["version"], tuple(int(x) for x in pystate["state"].tolist()),
+                   pystate["gauss_next"])
+    random.setstate(pystate)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -189,41 +259,8 @@ def _describe(arch):
 def check_architecture(saved, model, path):
     want = model.architecture()
     if saved != want:
-        raise TrainingError(f"{path} was trained with {_describe(saved)}; this run has "
-                            f"{_describe(want)} (pass the same --nz/--width/... or another --out)")
-
-
-def load_weights(model, state_dict, path):
-    """Load a plain state dict (authors' layout), with a clear error when
-    its keys or shapes belong to another configuration."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    extra = [k for k in state_dict if k not in own]
-    wrong = [k for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
-    if missing or extra or wrong:
-        detail = []
-        if wrong:
-            k = wrong[0]
-            detail.append(f"{k} has shape {tuple(state_dict[k].shape)}, expected {tuple(own[k].shape)}")
-        if missing:
-            detail.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if extra:
-            detail.append(f"{len(extra)} unexpected keys (e.g. {extra[0]})")
-        raise TrainingError(f"{path} does not fit this model ({_describe(model.architecture())}): "
-                            + "; ".join(detail))
-    model.load_state_dict(state_dict)
-
-
-def load_checkpoint(path):
-    if os.path.isdir(path):
-        path = os.path.join(path, "checkpoint.pt")
-    if not os.path.isfile(path):
-        raise TrainingError(f"--resume: no checkpoint at {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise TrainingError(f"--resume: cannot read {path}: {e}") from None
-    return path, obj
+        raise BadInput(f"{path} was trained with {_describe(saved)}; this run has "
+                       f"{_describe(want)} (pass the same --nz/--width/... or another --out)")
 
 
 # ---- data ---------------------------------------------------------------
@@ -315,29 +352,15 @@ class Logger:
 
 
 # ---- the loop -------------------------------------------------------------
-def pick_device(choice, gpu, local_rank):
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda":
-        choice = f"cuda:{gpu if gpu is not None else local_rank}"
-    try:
-        device = torch.device(choice)
-    except RuntimeError as e:
-        raise TrainingError(f"--device: {e}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device: CUDA requested but not available")
-    return device
-
-
 class Trainer:
     """One training run; `run()` returns the best test ELBO seen."""
 
     def __init__(self, cfg, args, dist, datasets=None):
         from utils.data import training_datasets
         self.cfg, self.args, self.dist = cfg, args, dist
-        self.device = pick_device(args.device, args.gpu, dist.local_rank)
+        self.device = resolve_device(args.device, args.gpu, dist.local_rank)
         if cfg.batch % dist.world_size:
-            raise TrainingError(f"--batch {cfg.batch} is not divisible by the {dist.world_size} ranks")
+            raise BadInput(f"--batch {cfg.batch} is not divisible by the {dist.world_size} ranks")
         self.batch = cfg.batch // dist.world_size
         self.workers = args.workers if args.workers is not None else (4 if self.device.type == "cuda" else 0)
         if datasets is None:
@@ -345,7 +368,7 @@ class Trainer:
                                          cfg.patches_per_image)
         self.train_set, self.test_set = datasets
         if len(self.train_set) < cfg.batch:
-            raise TrainingError(f"the training set has {len(self.train_set)} images, fewer than "
+            raise BadInput(f"the training set has {len(self.train_set)} images, fewer than "
                                 f"one batch of {cfg.batch}")
         torch.manual_seed(cfg.seed)  # same initial weights everywhere (and broadcast anyway)
         self.model = HVAE.from_config(cfg).to(self.device)
@@ -357,14 +380,17 @@ class Trainer:
         self.ema = None
         self.out = args.out
         self.ckpt_path = os.path.join(self.out, "checkpoint.pt")
+        # training budget accumulated over every resume: wall seconds spent in
+        # training steps and the CPU seconds this process used for them
+        self.budget = dict(wall_s=0.0, cpu_s=0.0, images=0)
 
     # -- start ----------------------------------------------------------
     def start(self):
         args = self.args
         resumed = False
         if args.resume:
-            path, obj = load_checkpoint(args.resume)
-            if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+            path, obj = args.resume_checkpoint or (args.resume, None)
+            if obj is not None:
                 check_architecture(obj["architecture"], self.model, path)
                 self.model.load_state_dict(obj["model"])
                 self.optimizer.load_state_dict(obj["optimizer"])
@@ -373,6 +399,7 @@ class Trainer:
                     self.ema.shadow[k].copy_(v)
                 self.step, self.epoch = obj["step"], obj["epoch"]
                 self.batch_in_epoch, self.best_elbo = obj["batch_in_epoch"], obj["best_elbo"]
+                self.budget.update(obj.get("budget", {}))
                 rng = obj["rng"][self.dist.rank] if self.dist.rank < len(obj["rng"]) else None
                 if rng is not None and len(obj["rng"]) == self.dist.world_size:
                     set_rng_state(rng)
@@ -380,11 +407,10 @@ class Trainer:
                     torch.manual_seed(self.cfg.seed + 7919 * self.dist.rank + self.step)
                 resumed = True
                 self._say(f"resumed {path} at epoch {self.epoch}, step {self.step}")
-            elif isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
-                load_weights(self.model, obj, path)
-                self._say(f"starting from the weights in {path}")
-            else:
-                raise TrainingError(f"--resume: {path} is neither a training checkpoint nor a state dict")
+            else:   # weights to start from: a package, a state dict (the authors' files)
+                got = package.read_weights(args.resume)
+                package.fit_state_dict(self.model, got["state"], got["source"])
+                self._say(f"starting from the weights in {got['source']}")
         else:
             self._data_dependent_init()
         if not resumed:
@@ -437,15 +463,16 @@ class Trainer:
                    architecture=self.model.architecture(), model=self.model.state_dict(),
                    ema=self.ema.shadow, optimizer=self.optimizer.state_dict(), step=self.step,
                    epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
-                   best_elbo=self.best_elbo, rng=rngs, world_size=self.dist.world_size)
+                   best_elbo=self.best_elbo, rng=rngs, world_size=self.dist.world_size,
+                   budget=dict(self.budget))
         atomic_save(obj, self.ckpt_path)
         atomic_save(self.ema.state_dict_of(self.model), os.path.join(self.out, "model_last.pt"))
 
     def _check_out_dir(self):
         """Refuse to overwrite another run's checkpoint unless resuming it."""
         if not self.args.resume and os.path.exists(self.ckpt_path):
-            raise TrainingError(f"{self.ckpt_path} exists: pass --resume {self.out} to continue "
-                                f"it, or choose another --out")
+            raise BadInput(f"{self.ckpt_path} exists: pass --resume {self.out} to continue "
+                           f"it, or choose another --out")
 
     # -- one step -------------------------------------------------------
     def _train_step(self, x, stop_request):
@@ -512,14 +539,30 @@ class Trainer:
         cfg, args, dist = self.cfg, self.args, self.dist
         self._check_out_dir()
         self.start()
+        if dist.is_root:  # the recipe, readable without loading the checkpoint
+            os.makedirs(self.out, exist_ok=True)
+            with open(os.path.join(self.out, "config.json"), "w") as f:
+                json.dump(dict(cfg.to_dict(), threads=torch.get_num_threads(),
+                               world_size=dist.world_size), f, indent=1)
         logger = Logger(args.log_dir, dist.is_root)
         t0 = last_ckpt = time.time()
         per_epoch = self.sampler.batches_per_epoch
+        self._curve_last, self._curve_train = self.budget["wall_s"], []
+        self._mark()
         self._say(f"{cfg.dataset}: nz={cfg.nz} width={cfg.width} zchannels={cfg.zchannels}, "
                   f"{sum(p.numel() for p in self.model.parameters()):,} parameters, "
                   f"{per_epoch} steps/epoch of {cfg.batch} images on {dist.world_size} rank(s), "
                   f"device {self.device}, engine {dist.engine}")
-        stop = args.max_steps is not None and self.step >= args.max_steps
+        if self.step > 0 and ((args.max_steps is not None and self.step >= args.max_steps)
+                              or self.epoch >= cfg.epochs):
+            limit = (f"--max-steps {args.max_steps}" if args.max_steps is not None
+                     and self.step >= args.max_steps else f"--epochs {cfg.epochs}")
+            self._say(f"nothing to do: {self.ckpt_path} is at step {self.step} (epoch "
+                      f"{self.epoch}), already at {limit} (a total over all sessions); "
+                      "raise it to train on")
+            logger.close()
+            return self.best_elbo
+        stop = False
         try:
             while self.epoch < cfg.epochs and not stop:
                 self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
@@ -539,8 +582,13 @@ class Trainer:
                                  (args.max_minutes is not None and
                                   time.time() - t0 >= 60 * args.max_minutes))
                     stats, stop = self._train_step(x, want_stop)
+                    self._account(cfg.batch)
                     sums += (stats["elbo"], stats["objective"])
                     count += 1
+                    self._curve_train.append(stats["elbo"])
+                    if (args.curve_minutes is not None and not stop and
+                            self.budget["wall_s"] - self._curve_last >= 60 * args.curve_minutes):
+                        self._curve_point()
                     bar.set_postfix(elbo=f"{stats['elbo']:.3f}", lr=f"{stats['lr']:.2e}")
                     if self.step % args.log_every == 0:
                         logger.scalars(self.step, "train", stats)
@@ -549,6 +597,7 @@ class Trainer:
                     if time.time() - last_ckpt >= 60 * args.checkpoint_minutes:
                         self.save()
                         last_ckpt = time.time()
+                        self._mark()
                 bar.close()
                 if stop:
                     break
@@ -564,14 +613,69 @@ class Trainer:
                 self._say(line)
                 self.save()
                 last_ckpt = time.time()
+                self._mark()
+            if args.curve_minutes is not None:
+                self._curve_point()
             self.save()
             if self.dist.active:  # every rank reports, so launchers' logs can be compared
                 print(f"rank {self.dist.rank}/{self.dist.world_size}: parameters sha256 "
                       f"{self.parameter_digest()}", flush=True)
-            self._say(f"stopped at epoch {self.epoch}, step {self.step}; checkpoint {self.ckpt_path}")
+            best = os.path.join(self.out, "model_best.pt")
+            if not os.path.exists(best):
+                # a bounded run that stopped before its first evaluation still
+                # ends with a usable export (after the checkpoint, so resuming
+                # stays exact: evaluation draws from the global RNG)
+                result, _ = self._evaluate_and_keep_best(logger)
+                self._say(f"test elbo (EMA) {result['elbo']:.4f} at step {self.step}")
+            self._say(f"stopped at epoch {self.epoch}, step {self.step}; checkpoint {self.ckpt_path}; "
+                      f"EMA weights {best}\nnext: python discretization.py {cfg.dataset} --params "
+                      f"{self.out}   then   python {cfg.dataset}_compress.py --params {self.out}")
         finally:
             logger.close()
         return self.best_elbo
+
+    # -- training budget and the held-out curve ----------------------
+    def _mark(self):
+        """Start timing training from now (evaluation and saving excluded)."""
+        self._wall_mark, self._cpu_mark = time.perf_counter(), time.process_time()
+
+    def _account(self, images):
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.budget["wall_s"] += wall - self._wall_mark
+        self.budget["cpu_s"] += cpu - self._cpu_mark
+        self.budget["images"] += images
+        self._wall_mark, self._cpu_mark = wall, cpu
+
+    def _curve_point(self):
+        """Evaluate the EMA weights on a fixed held-out subset, with a fixed
+        seed for the posterior samples and without touching the training
+        RNG streams, and append one row to <out>/curve.csv."""
+        eval_model = copy.deepcopy(self.model)
+        eval_model.load_state_dict(self.ema.state_dict_of(self.model))
+        subset = Subset(self.test_set, range(min(self.args.curve_images, len(self.test_set))))
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(CURVE_SEED)
+            result = evaluate(eval_model, subset, self.batch, self.device, self.dist, self.workers)
+        train = float(np.mean(self._curve_train)) if self._curve_train else float("nan")
+        self._curve_train, self._curve_last = [], self.budget["wall_s"]
+        if self.dist.is_root:
+            path = os.path.join(self.out, "curve.csv")
+            new = not os.path.exists(path)
+            os.makedirs(self.out, exist_ok=True)
+            with open(path, "a") as f:
+                if new:
+                    f.write("step,epoch,images,wall_s,cpu_s,threads,world_size,lr,"
+                            "train_elbo,test_elbo,test_images\n")
+                f.write(f"{self.step},{self.epoch},{self.budget['images']},"
+                        f"{self.budget['wall_s']:.3f},{self.budget['cpu_s']:.3f},"
+                        f"{torch.get_num_threads()},{self.dist.world_size},"
+                        f"{learning_rate(self.cfg, self.step):.3e},{train:.5f},"
+                        f"{result['elbo']:.5f},{len(subset)}\n")
+            self._say(f"curve: step {self.step}, {self.budget['wall_s'] / 60:.1f} training min, "
+                      f"{self.budget['cpu_s'] / 60:.1f} CPU min, held-out elbo (EMA) "
+                      f"{result['elbo']:.4f}, train {train:.4f}")
+        self._mark()
 
     def _say(self, message):
         if self.dist.is_root:
@@ -588,22 +692,26 @@ def set_threads(args, dist):
 
 
 def main(dataset, argv=None):
-    """Entry point of `model/<dataset>_train.py`; exit status 0 on success,
-    1 with a one-line message on bad input or a stopped run."""
+    """Entry point of `model/<dataset>_train.py` (exit status: utils/cli.py;
+    bad flags, files or data 2, a failed run 1)."""
     from utils.data import DataNotFoundError
     dist = None
-    try:
-        cfg, args = parse_args(dataset, argv)
+
+    def work():
+        nonlocal dist
+        try:
+            cfg, args = parse_args(dataset, argv)
+        except ValueError as e:           # the configuration's own checks
+            raise BadInput(str(e)) from None
         dist = distributed.setup(args.dist, use_cuda=args.device != "cpu" and torch.cuda.is_available())
         set_threads(args, dist)
-        Trainer(cfg, args, dist).run()
-    except (TrainingError, DataNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; the last checkpoint is kept", file=sys.stderr)
-        return 130
+        try:
+            Trainer(cfg, args, dist).run()
+        except DataNotFoundError as e:
+            raise BadInput(str(e)) from None
+
+    try:
+        return cli.run_main(f"{dataset}_train.py", work)
     finally:
         if dist is not None:
             dist.shutdown()
-    return 0

@@ -1,11 +1,13 @@
 """The paper's MNIST experiment end to end, from trained checkpoints to REPRODUCTION.md.
 
-    python scripts/reproduce_mnist.py [--nz 2,4,8] [--params-dir runs] [--bins bins]
+    python scripts/reproduce_mnist.py [--nz 2,4,8] [--params-dir runs] [--bins DIR]
         [--experiments 100] [--images 100] [--data-root data] [--out reproduction]
 
-For every nz (checkpoint PARAMS_DIR/mnist_nz{nz}/model_best.pt, or
---params-template with ``{nz}``):
-1. bins: derived with discretization.py (--compact-only) when BINS has none;
+For every nz (the model PARAMS_DIR/mnist_nz{nz}/model_best.pt, or
+--params-template with ``{nz}``: anything model/package.py loads, e.g. the
+shipped packages ``mnist-nz{nz}``):
+1. bins: a package's own; otherwise found beside the weights (or in --bins),
+   or derived there with discretization.py (--compact-only);
 2. Bit-Swap and BB-ANS (utils/experiment.py, i.e. mnist_compress.py
    --bitswap 1 / 0) on E experiments x n test images, every image decoded and
    checked; results under OUT/results/mnist{nz}/;
@@ -19,16 +21,18 @@ from it, the paper's numbers beside them).  The report's discussion section,
 between the DISCUSSION markers, is written by hand and kept when the report is
 regenerated.
 
-``--export FOLDER`` instead writes the checkpoints as float16 files
-FOLDER/mnist_nz{nz}.pt with their training budget in FOLDER/mnist_nz{nz}.json
-(how the repository's models/mnist/ was made); a report generated from such
-files reads the budget from that JSON.
+``--export FOLDER`` instead writes each model, with its bins, as a package
+FOLDER/mnist-nz{nz}/ (model/package.py: float16 weights, bins, model.json
+holding the run's training budget and hardware; how the repository's
+models/mnist-nz*/ were made); a report generated from packages reads the
+budget from their model.json.
 
 Every step runs in this process (the scripts' ``main(argv)``); the first
 failing step stops the run with its exit status (2: bad input, 1: decode
 mismatch or a failed codec).  --reuse-results skips a compression whose
-summary JSON already matches this configuration and the current results
-format (long runs can be resumed).
+summary JSON already matches this configuration, records the same
+weights-and-bins fingerprint and the current results format (long runs can
+be resumed).
 
 Initial bits are reported under both definitions (utils/experiment.py): the
 paper's (what the first image's first pops take, plus one 32-bit word; the
@@ -54,6 +58,8 @@ if ROOT not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from utils.cli import write_atomic  # noqa: E402
+
 DATASET = "mnist"
 DIMS_CODED, DIMS_PIXELS = 1024, 784     # MNIST is coded padded to 32x32
 TO_PIXELS = DIMS_CODED / DIMS_PIXELS
@@ -74,21 +80,23 @@ PAPER_LZMA_PIXELS = 1.49      # the target: Bit-Swap CMA@100 below LZMA (28x28)
 DISCUSSION_BEGIN = "<!-- DISCUSSION:BEGIN (hand-written; kept when the report is regenerated) -->"
 DISCUSSION_END = "<!-- DISCUSSION:END -->"
 DISCUSSION_TEMPLATE = """\
-**TODO (next session): write the discussion here.** Points to cover:
+*(No discussion written yet: replace this text; it is kept when the report is
+regenerated.)* Points a discussion covers:
 
-- TODO: training budget vs the paper's (GPU-days) and what that does to -ELBO.
-- TODO: how much of each gap to the paper is the model (-ELBO) and how much the
-  coder (net - ELBO, initial bits); the coder part must behave like the paper's.
-- TODO: Bit-Swap vs BB-ANS CMA@1 as nz grows; CMA@100 vs the classical codecs.
-- TODO: every other difference from the paper, and its cause.
+- the training budget against the paper's (GPU-days) and what it does to -ELBO;
+- how much of each gap to the paper is the model (-ELBO) and how much the
+  coder (net - ELBO, initial bits); the coder part must behave like the paper's;
+- Bit-Swap vs BB-ANS CMA@1 as nz grows; CMA@100 vs the classical codecs;
+- every other difference from the paper, and its cause.
 """
 
 
 class StepFailed(Exception):
-    """A step returned a non-zero exit status (its own message is already printed)."""
+    """A step failed with this exit status (a script's own message is
+    already printed; ``message`` replaces the generic one otherwise)."""
 
-    def __init__(self, step, status):
-        super().__init__(f"{step} failed (exit status {status})")
+    def __init__(self, step, status, message=None):
+        super().__init__(message or f"{step} failed (exit status {status})")
         self.status = status
 
 
@@ -103,18 +111,22 @@ def results_dir(args, nz):
 
 
 def ensure_bins(args, nz, params):
-    """Derive the compact bins with discretization.py unless BINS has them."""
-    from utils.bins import BinsError, LatentBins
+    """'found' when the model's bins exist (a package's own, or in --bins /
+    beside the weights), else derive the compact ones with discretization.py."""
+    from model import package
     try:
-        LatentBins.load(args.bins, DATASET, nz, args.quantbits)
+        package.load(params, dataset=DATASET, nz=nz, quantbits=args.quantbits,
+                     bins_dir=args.bins)
         return "found"
-    except BinsError:
+    except package.BinsNotFound:
         pass
+    except package.ModelError as exc:
+        raise StepFailed(f"loading {params}", exc.status, str(exc)) from None
     import discretization
     status = discretization.main([
         DATASET, "--nz", str(nz), "--quantbits", str(args.quantbits), "--params", params,
-        "--out", args.bins, "--data-root", args.data_root, "--compact-only",
-        "--samples-per-bin", str(args.samples_per_bin), "--no-progress"])
+        "--data-root", args.data_root, "--compact-only", "--samples-per-bin",
+        str(args.samples_per_bin), "--no-progress"] + (["--bins", args.bins] if args.bins else []))
     if status:
         raise StepFailed(f"discretization.py (nz={nz})", status)
     return "derived"
@@ -128,9 +140,8 @@ def current_fingerprint(args, nz, params):
     """The fingerprint (model tensors + bins) a fresh run would record: results
     made from another checkpoint or other bins at the same paths are not reused."""
     from utils import experiment
-    model = experiment.load_model(DATASET, nz, params)
-    return experiment.fingerprint(model, experiment.load_bins(args.bins, DATASET, model,
-                                                              args.quantbits))
+    net, bins = experiment.load_model(DATASET, params, nz, args.quantbits, args.bins)
+    return experiment.fingerprint(net, bins)
 
 
 def compress(args, nz, params, scheme, bitswap):
@@ -141,16 +152,16 @@ def compress(args, nz, params, scheme, bitswap):
         old = _read_json(path)
         if (old.get("decoded") and old.get("results_format") == experiment.RESULTS_FORMAT
                 and old.get("experiments") == args.experiments
-                and old.get("images") == args.images and old.get("params") == params
-                and old.get("bins") == args.bins and old.get("seed") == args.seed
+                and old.get("images") == args.images and old.get("seed") == args.seed
                 and old.get("fingerprint") == current_fingerprint(args, nz, params)):
             print(f"reusing {path}")
             return old
     status = experiment.main(DATASET, [
         "--nz", str(nz), "--bitswap", str(bitswap), "--quantbits", str(args.quantbits),
         "--experiments", str(args.experiments), "--images", str(args.images),
-        "--seed", str(args.seed), "--params", params, "--bins", args.bins,
-        "--data-root", args.data_root, "--out", results_dir(args, nz), "--no-progress"])
+        "--seed", str(args.seed), "--params", params, "--device", "cpu",
+        "--data-root", args.data_root, "--out", results_dir(args, nz), "--no-progress"]
+        + (["--bins", args.bins] if args.bins else []))
     if status:
         raise StepFailed(f"mnist_compress.py --nz {nz} --bitswap {bitswap}", status)
     return _read_json(path)
@@ -181,28 +192,28 @@ def plot(args):
 # ------------------------------------------------------------------ training budget
 
 def training_budget(params):
-    """What the run folder of ``params`` says about its training (None where unknown)."""
-    run = os.path.dirname(os.path.abspath(params))
+    """What the model says about its training (None where unknown): a
+    package's model.json, else the run folder of the weights (checkpoint.pt:
+    epochs, steps, best test -ELBO; TensorBoard event files: wall time; a
+    stdout log ``{run}.log`` or ``{run}/*.log``: device)."""
+    from model import package
+    got = package.read_weights(params)
+    run = os.path.dirname(os.path.abspath(got["source"]))
     info = dict(run_dir=run, parameters=None, epochs=None, steps=None, batch=None,
                 images_seen=None, best_test_elbo=None, world_size=None, architecture=None,
                 tensorboard_wall_s=None, tensorboard_files=0, log_wall_s=None, device=None,
                 log_files=[])
-    from model.hvae import HVAE
-    state = torch.load(params, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
-    model = HVAE(**HVAE.architecture_from_state_dict(state))
-    info["parameters"] = int(sum(p.numel() for p in model.parameters()))
-    sidecar = os.path.splitext(params)[0] + ".json"
-    ckpt = os.path.join(run, "checkpoint.pt")
-    if not os.path.exists(ckpt) and os.path.exists(sidecar):
-        # weights exported with --export: the run's budget travels beside them
-        recorded = _read_json(sidecar).get("training", {})
+    info["parameters"] = int(sum(v.numel() for k, v in got["state"].items()
+                                 if not k.endswith("num_batches_tracked")))
+    if got["kind"] == "package":
+        # an export: the run's budget travels in its model.json
+        recorded = got["info"].get("training", {})
         info.update({k: v for k, v in recorded.items() if k in info and k != "parameters"})
         info["exported_from"] = recorded.get("run_dir")
         return info
+    ckpt = os.path.join(run, "checkpoint.pt")
     if os.path.exists(ckpt):
-        # the project's own training state (RNG states need the full unpickler)
-        obj = torch.load(ckpt, map_location="cpu", weights_only=False)
+        obj = package.read_checkpoint(ckpt)
         cfg = obj.get("config", {})
         info.update(epochs=int(obj["epoch"]), steps=int(obj["step"]),
                     batch=cfg.get("batch"), world_size=obj.get("world_size"),
@@ -438,7 +449,7 @@ def render(report, discussion, report_dir):
                        f"{8 / (v * TO_PIXELS):.2f}x | {v:.4f} | |")
     out.append("")
 
-    out += ["## Targets, checked on these numbers", ""] + checks(report) + [""]
+    out += ["## The paper's claims, checked on these numbers", ""] + checks(report) + [""]
 
     out += ["## Figures", ""]
     cma, layers = (os.path.relpath(f, report_dir) for f in report["figures"])
@@ -527,37 +538,41 @@ def _read_json(path):
         return json.load(f)
 
 
-def _write_atomic(path, text):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def export(args, folder):
-    """Copy each nz's checkpoint (the template) to FOLDER/mnist_nz{nz}.pt as
-    float16 tensors (what the repository ships), with FOLDER/mnist_nz{nz}.json
-    holding the run's training budget, so a report generated from the
-    exported weights still states how they were trained."""
-    import hashlib
-    os.makedirs(folder, exist_ok=True)
+    """Write each nz's model (the template) with its bins as a package
+    FOLDER/mnist-nz{nz}/ (model/package.py: float16 weights, compact bins,
+    model.json with the run's training budget and hardware), so a report
+    generated from the exported packages still states how they were trained."""
+    from model import package
     for nz in args.nz:
         params = checkpoint_path(args, nz)
-        state = torch.load(params, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-        half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-        path = os.path.join(folder, f"{DATASET}_nz{nz}.pt")
-        tmp = path + ".tmp"
-        torch.save(half, tmp)
-        os.replace(tmp, path)
-        with open(path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
-        meta = dict(source=params, sha256=digest, dtype="float16",
-                    training=training_budget(params))
-        _write_atomic(os.path.splitext(path)[0] + ".json", json.dumps(meta, indent=1))
+        ensure_bins(args, nz, params)
+        model = package.load(params, dataset=DATASET, nz=nz, quantbits=args.quantbits,
+                             bins_dir=args.bins)
+        training = training_budget(params)
+        training["hardware"] = args.training_hardware or _describe_hardware(hardware())
+        training["exported_from"] = os.path.abspath(model.source)
+        got = package.read_weights(params)
+        path = package.write_package(
+            os.path.join(folder, f"{DATASET}-nz{nz}"), got["state"], model.architecture,
+            model.bins, f"{DATASET}-nz{nz}", DATASET, model.weights_kind, training=training,
+            notes={"made_by": "python scripts/reproduce_mnist.py --export"}, force=True)
         print(f"exported {params} -> {path}")
     return 0
+
+
+def _describe_hardware(h):
+    return (f"{h['cpu']}, {h['cores']} cores, {'GPU ' + h['gpu'] if h['gpu'] else 'no GPU'}, "
+            f"torch {h['torch']}")
+
+
+def _exists(spec):
+    from model import package
+    try:
+        package.resolve(spec)
+        return True
+    except package.ModelError:
+        return False
 
 
 def parse_args(argv):
@@ -566,7 +581,9 @@ def parse_args(argv):
     p.add_argument("--params-dir", default="runs")
     p.add_argument("--params-template", default="{params_dir}/mnist_nz{nz}/model_best.pt",
                    help="checkpoint path with {nz} (and optionally {params_dir})")
-    p.add_argument("--bins", default="bins", help="bins directory (derived there when missing)")
+    p.add_argument("--bins", default=None,
+                   help="bins folder for models that are not packages (default: beside the "
+                        "weights, then bins/; derived there when missing)")
     p.add_argument("--quantbits", type=int, default=10)
     p.add_argument("--samples-per-bin", type=int, default=30,
                    help="discretization.py samples per bin (when deriving bins)")
@@ -583,8 +600,8 @@ def parse_args(argv):
                    help="the machine the checkpoints were trained on, for the report "
                         "(default: the machine generating it)")
     p.add_argument("--export", metavar="FOLDER", default=None,
-                   help="only copy the checkpoints to FOLDER as float16 (with their "
-                        "training budget in a JSON beside each) and exit")
+                   help="only write each model with its bins as a package "
+                        "FOLDER/mnist-nz{nz} (float16, training budget in model.json) and exit")
     args = p.parse_args(argv)
     try:
         args.nz = [int(x) for x in args.nz.split(",") if x.strip()]
@@ -603,8 +620,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    missing = [checkpoint_path(args, nz) for nz in args.nz
-               if not os.path.exists(checkpoint_path(args, nz))]
+    missing = [checkpoint_path(args, nz) for nz in args.nz if not _exists(checkpoint_path(args, nz))]
     if missing:
         print(f"error: checkpoint(s) not found: {', '.join(missing)}; train them with "
               f"`python model/mnist_train.py --nz N` (or pass --params-template)", file=sys.stderr)
@@ -617,10 +633,10 @@ def main(argv=None):
         for nz in args.nz:
             params = checkpoint_path(args, nz)
             print(f"== nz={nz}: {params}", flush=True)
-            run = dict(nz=nz, params=params, bins_dir=args.bins,
-                       bins=ensure_bins(args, nz, params))
+            run = dict(nz=nz, params=params, bins=ensure_bins(args, nz, params))
             for scheme, _, bitswap in SCHEMES:
                 run[scheme] = compress(args, nz, params, scheme, bitswap)
+                run["bins_dir"] = run[scheme].get("bins")
                 if not run[scheme].get("decoded"):
                     raise StepFailed(f"{scheme} nz={nz} was not decoded", 1)
             run["training"] = training_budget(params)
@@ -636,8 +652,8 @@ def main(argv=None):
         print(f"error: {exc}", file=sys.stderr)
         return exc.status
     report = collect(args, argv, runs, bench, figures, time.time() - t0)
-    _write_atomic(os.path.join(args.out, "reproduction.json"), json.dumps(report, indent=1))
-    _write_atomic(args.report, render(report, existing_discussion(args.report),
+    write_atomic(os.path.join(args.out, "reproduction.json"), json.dumps(report, indent=1))
+    write_atomic(args.report, render(report, existing_discussion(args.report),
                                        os.path.dirname(os.path.abspath(args.report))))
     print(f"wrote {args.report}, {os.path.join(args.out, 'reproduction.json')}")
     return 0

@@ -188,7 +188,7 @@ def test_folder_crops_skips_and_counts(tmp_path, capsys):
 
 
 def test_imagenetcrop_uses_rgb_only(tmp_path, capsys):
-    folder = tmp_path / "data" / "imagenetfull" / "test"
+    folder = tmp_path / "data" / "imagenetcrop" / "test"
     write_folder(str(folder), broken=False)
     rc, out, err = run(["imagenetcrop", "--data-root", str(tmp_path / "data"),
                         "--experiments", "2", "--codecs", "gzip"], capsys)
@@ -205,7 +205,7 @@ def test_missing_mnist_says_where_and_how(tmp_path, capsys):
                         "--out", str(out_json)], capsys)
     assert rc == 2
     line = err.strip()
-    assert line.startswith("error:") and "\n" not in line
+    assert line.startswith("benchmark_compress.py: error:") and "\n" not in line
     assert os.path.join(str(tmp_path / "nothing"), "MNIST", "raw") in line
     assert "--download" in line
     assert not out_json.exists()
@@ -214,7 +214,7 @@ def test_missing_mnist_says_where_and_how(tmp_path, capsys):
 def test_missing_cifar_and_imagenet(tmp_path, capsys):
     for dataset in ("cifar", "imagenet"):
         rc, out, err = run([dataset, "--data-root", str(tmp_path)], capsys)
-        assert rc == 2 and err.startswith("error:") and str(tmp_path) in err
+        assert rc == 2 and err.startswith("benchmark_compress.py: error:") and str(tmp_path) in err
 
 
 def test_folder_without_readable_images(tmp_path, capsys):

@@ -19,3 +19,13 @@ def test_compress_bench_rejects_unknown_heads(capsys):
     with pytest.raises(SystemExit) as exc:
         compress_bench.main(["--heads", "fused,other"])
     assert exc.value.code == 2 and "--heads" in capsys.readouterr().err
+
+
+def test_patch_loader_bench_runs_on_a_photo_folder(tmp_path, capsys):
+    from benchmarks import patch_loader_bench
+    from tests import synthetic_data as sd
+    sd.write_imagenetcrop(str(tmp_path), n_train=3, n_test=2)
+    got = patch_loader_bench.main(["--data-root", str(tmp_path), "--patches-per-image", "4",
+                                   "--batch", "4", "--batches", "2"])
+    assert got["cached"] > 0 and got["uncached"] > 0
+    assert "3 training files" in capsys.readouterr().out

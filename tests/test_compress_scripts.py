@@ -14,7 +14,7 @@ from conftest import ROOT
 from test_benchmark_compress import write_cifar, write_folder, write_mnist
 from test_bitsback import tiny_model
 from utils import protocol
-from utils.bins import LatentBins
+from utils.bins import LatentBins, ranges_path
 from utils.experiment import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -109,26 +109,72 @@ def test_imagenetcrop_codes_blocks_of_cropped_photos(tmp_path, capsys):
     assert sorted((~np.isnan(cmas)).sum(1).tolist()) == [1, 2, 2]
 
 
-@pytest.mark.parametrize("case", ["checkpoint", "bins", "shape", "images"])
+@pytest.mark.parametrize("case", ["checkpoint", "bins", "shape", "images", "dataset", "nz",
+                                  "other_weights"])
 def test_bad_inputs_one_line_errors(tmp_path, capsys, case):
     write_mnist(str(tmp_path / "data"), n_test=10, n_train=2)
     _, params = make_checkpoint(tmp_path, "mnist", 2)
     extra = ["--experiments", "1", "--images", "2"]
+    nz = 2
     if case == "checkpoint":
-        params, expect = tmp_path / "missing.pt", "missing.pt not found; train one with"
+        params, expect = tmp_path / "missing.pt", "missing.pt not found: pass a package folder"
     elif case == "bins":
         extra += ["--quantbits", "7"]
-        expect = "mnist_nz2_zendpoints7.pt not found; make it with `python discretization.py"
+        expect = "no bins for mnist nz=2 q=7 (mnist_nz2_zranges7.pt or mnist_nz2_zendpoints7.pt"
     elif case == "shape":
         LatentBins.prior_only(2, 64, 6).save(str(tmp_path / "bins"), "mnist")
         expect = "bins are for nz=2 with 64 dims per layer"
+    elif case == "dataset":     # a CIFAR-10 model never reaches the coder
+        _, params = make_checkpoint(tmp_path, "cifar", 2, xs=(3, 32, 32), zchannels=1)
+        expect = "codes images shaped (3, 32, 32), but mnist images are (1, 32, 32)"
+    elif case == "nz":
+        nz, expect = 4, "has nz=2, not --nz 4"
+    elif case == "other_weights":   # bins recording another model's fingerprint
+        bins = LatentBins.from_ranges(np.zeros((1, 256, 2)) + [-1.0, 1.0], 6)
+        bins.save_ranges(ranges_path(str(tmp_path / "bins"), "mnist", 2, 6), weights_fingerprint="ab" * 32)
+        expect = "the bins (" + str(tmp_path / "bins")
     else:
         extra = ["--experiments", "1", "--images", "11"]
         expect = "--images 11 is larger than the test set (10 images)"
-    rc = main("mnist", args(tmp_path, params, 2, *extra))
+    rc = main("mnist", args(tmp_path, params, nz, *extra))
     err = capsys.readouterr().err
     assert rc == 2 and expect in err and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err and "\x1b" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_training_checkpoint_and_the_bins_beside_it(tmp_path, capsys):
+    """A run's checkpoint.pt (EMA weights) codes, with the bins
+    discretization.py wrote into the run folder, found without --bins."""
+    from model import train as T
+    import discretization
+    write_mnist(str(tmp_path / "data"), n_test=10, n_train=40)
+    run = tmp_path / "run"
+    tiny = ["--nz", "2", "--width", "8", "--zchannels", "1", "--nprocessing", "1", "--blocks", "2",
+            "--batch", "8", "--init-batches", "1", "--no-progress", "--threads", "1", "--max-steps", "2"]
+    assert T.main("mnist", tiny + ["--data-root", str(tmp_path / "data"), "--out", str(run)]) == 0
+    assert discretization.main(["mnist", "--params", str(run / "checkpoint.pt"), "--quantbits", "6",
+                                "--samples-per-bin", "1", "--data-root", str(tmp_path / "data"),
+                                "--compact-only", "--no-progress"]) == 0
+    assert os.listdir(run).count("mnist_nz2_zranges6.pt") == 1
+    rc = main("mnist", ["--params", str(run / "checkpoint.pt"), "--quantbits", "6", "--experiments", "1",
+                        "--images", "2", "--data-root", str(tmp_path / "data"), "--out",
+                        str(tmp_path / "out"), "--no-progress", "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "out" / "bitswap_6bits_summary.json").read_text())
+    assert summary["nz"] == 2 and summary["bins"] == str(run / "mnist_nz2_zranges6.pt")
+
+
+def test_default_model_is_the_shipped_one(tmp_path, capsys):
+    """mnist_compress.py --nz 8 without --params codes with models/mnist-nz8."""
+    write_mnist(str(tmp_path / "data"), n_test=4, n_train=2)
+    rc = main("mnist", ["--nz", "8", "--experiments", "1", "--images", "1", "--data-root",
+                        str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "out" / "bitswap_10bits_summary.json").read_text())
+    assert summary["params"] == "mnist-nz8" and summary["decoded"]
+    rc = main("cifar", ["--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "o2")])
+    assert rc == 2 and "no shipped cifar model" in capsys.readouterr().err
 
 
 ARRAY_NAMES = ("nets", "elbos", "elbos_coded", "initial", "total", "cmas", "initial_strict",

@@ -145,6 +145,23 @@ def test_random_patches_many_per_image(tmp_path):
         assert any(np.array_equal(img[:, t:t + 32, l:l + 32], p)
                    for t in range(img.shape[1] - 31) for l in range(img.shape[2] - 31))
     assert len({p.tobytes() for p in patches}) > 1
-    assert set(train.cache) == {1}                 # decoded once, kept
+    # many patches per file: every file decoded once, up front (data-loader
+    # workers forked later share the cache), and kept
+    assert set(train.cache) == {0, 1, 2}
+    assert train._image(1) is train.cache[1]
+    assert set(RandomPatches(train.files, per_image=5).cache) == set()   # lazy by default
     with pytest.raises(ValueError, match="patches per image"):
         RandomPatches(train.files, per_image=0)
+
+
+def test_fixed_imagenetcrop_test_patches_replace_the_test_folder(tmp_path):
+    sd.write_imagenetcrop(str(tmp_path), n_train=2, n_test=2)
+    fixed = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    path = os.path.join(tmp_path, "imagenetcrop", "test_32x32.npy")
+    np.save(path, fixed)
+    _, test = training_datasets("imagenetcrop", str(tmp_path), patches_per_image=4)
+    assert len(test) == 5           # one item per stored patch, not per_image of each
+    assert np.array_equal(test[3][0].numpy().astype(np.uint8), fixed[3].transpose(2, 0, 1))
+    np.save(path, fixed[:, :16, :16])
+    with pytest.raises(ValueError, match="32x32 patches"):
+        training_datasets("imagenetcrop", str(tmp_path))

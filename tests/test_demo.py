@@ -1,9 +1,10 @@
 """The demo codec (image_compress.py / image_decompress.py, utils/imagecodec.py,
-utils/container.py) on a tiny random-init model written to a temp directory.
+utils/images.py, utils/container.py) on a tiny random-init model package
+written to a temp directory.
 
 Round trips on awkward sizes, grayscale, noise and flat images; the container's
 strict parsing (truncation at every offset, flipped bits, another model, not a
-container); bad inputs (one-line error, exit status 1, no output file); and
+container); bad inputs (one-line error, exit status 2, no output file); and
 encode / decode in separate processes with different torch thread counts.
 """
 import io
@@ -19,7 +20,9 @@ from PIL import Image
 
 import image_compress
 import image_decompress
-from utils import container, imagecodec
+from model import package
+from utils import container, imagecodec, images
+from utils.cli import BadInput
 from utils.container import ContainerError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,13 +31,13 @@ TINY = dict(xs=(3, 32, 32), nz=2, zchannels=2, width=8, nprocessing=1, resdepth=
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return imagecodec.random_model_dir(str(tmp_path_factory.mktemp("model")), quantbits=8,
-                                       seed=0, name="tiny", half=True, **TINY)
+    return package.random_package(str(tmp_path_factory.mktemp("model")), quantbits=8,
+                                  seed=0, name="tiny", **TINY)
 
 
 @pytest.fixture(scope="module")
 def model(model_dir):
-    return imagecodec.load_model(model_dir, "cpu")
+    return imagecodec.load_codec_model(model_dir, "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +58,8 @@ def _run_cli(module, args, capsys):
     return status, out, err
 
 
-def _assert_clean_failure(status, err, directory, before, *words):
-    assert status == 1
+def _assert_clean_failure(status, err, directory, before, *words, expect=2):
+    assert status == expect
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "error:" in lines[0], err
     assert "Traceback" not in err
@@ -102,14 +105,13 @@ def test_padding_is_edge_replication():
     assert (padded[3, :3, 0] == image[1, :, 0]).all() and (padded[:2, 3, 0] == image[:, 2, 0]).all()
 
 
-def test_model_dir_with_authors_bins_format_and_float32(tmp_path):
-    """Bins that are not equal-width are stored in the authors' format; a
-    float32 checkpoint loads too; both code losslessly."""
-    path = imagecodec.random_model_dir(str(tmp_path), quantbits=6, seed=2, name="full",
-                                       half=False, full_bins=True, **TINY)
-    assert sorted(os.listdir(tmp_path)) == ["centres.pt", "checkpoint.pt", "endpoints.pt", "model.json"]
-    full = imagecodec.load_model(path)
+def test_float32_package_codes_losslessly(tmp_path):
+    """A package may keep float32 weights; 6-bit bins; still lossless."""
+    path = package.random_package(str(tmp_path), quantbits=6, seed=2, name="full", half=False, **TINY)
+    assert sorted(os.listdir(tmp_path)) == ["bins.pt", "model.json", "weights.safetensors"]
+    full = imagecodec.load_codec_model(path)
     assert full.bins.endpoints.shape == (2, 2 * 16 * 16, 63)
+    assert full.info["weights"]["dtype"] == "float32"
     image = np.random.default_rng(4).integers(0, 256, (5, 40, 3), dtype=np.uint8)
     assert np.array_equal(imagecodec.decompress(imagecodec.compress(image, "RGB", full).data, full)[0], image)
 
@@ -160,7 +162,7 @@ def test_cli_grayscale_comes_back_grayscale(model_dir, tmp_path, capsys):
 
 def test_container_rejects_truncation_at_every_offset(model, small_file):
     for n in range(len(small_file)):
-        with pytest.raises((ContainerError, imagecodec.DemoError)) as info:
+        with pytest.raises(BadInput) as info:
             imagecodec.decompress(small_file[:n], model)
         message = str(info.value)
         assert "\n" not in message
@@ -189,7 +191,7 @@ def test_cli_rejects_flipped_bits(model_dir, small_file, tmp_path, capsys, where
 
 
 def test_cli_rejects_other_model(model_dir, small_file, tmp_path, capsys):
-    other = imagecodec.random_model_dir(str(tmp_path / "other"), quantbits=8, seed=1, name="other", **TINY)
+    other = package.random_package(str(tmp_path / "other"), quantbits=8, seed=1, name="other", **TINY)
     (tmp_path / "f.bsw").write_bytes(small_file)
     before = _files(tmp_path)
     status, _, err = _run_cli(image_decompress, [str(tmp_path / "f.bsw"), "--model", other], capsys)
@@ -279,51 +281,64 @@ def test_cli_rejects_missing_path_directory_and_bad_output(model_dir, tmp_path, 
     status, _, err = _run_cli(image_compress, [str(tmp_path / "ok.png"), "-o", str(tmp_path / "no" / "x.bsw"),
                                                "--model", model_dir], capsys)
     _assert_clean_failure(status, err, tmp_path, before, "cannot write")
-    status, _, err = _run_cli(image_compress, [str(tmp_path / "ok.png"), "-o", str(tmp_path / "ok.png"),
+    (tmp_path / "taken.bsw").write_bytes(b"keep")
+    (tmp_path / "link.png").symlink_to(tmp_path / "ok.png")
+    before = _files(tmp_path)
+    status, _, err = _run_cli(image_compress, [str(tmp_path / "ok.png"), "-o", str(tmp_path / "taken.bsw"),
                                                "--model", model_dir], capsys)
     _assert_clean_failure(status, err, tmp_path, before, "--force")
+    for output in ("ok.png", "link.png"):        # the input itself, also through a link, even with --force
+        status, _, err = _run_cli(image_compress, [str(tmp_path / "ok.png"), "-o", str(tmp_path / output),
+                                                   "--model", model_dir, "--force"], capsys)
+        _assert_clean_failure(status, err, tmp_path, before, "is the input file")
+    assert (tmp_path / "taken.bsw").read_bytes() == b"keep"
 
 
 def test_cli_real_exit_status_on_bad_input(tmp_path):
     result = subprocess.run([sys.executable, os.path.join(REPO, "image_compress.py"), str(tmp_path / "nope.png")],
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "no such file" in result.stderr
     assert _files(tmp_path) == []
 
 
-def test_make_demo_model_packages_a_training_run(tmp_path):
-    """The coordinator's path: training run folder + authors' bins -> model dir."""
+def test_make_package_packages_a_training_run(tmp_path, capsys):
+    """A run folder's model_best.pt + the bins beside it -> a package the
+    codec loads; replacing it needs --force."""
     sys.path.insert(0, os.path.join(REPO, "scripts"))
-    import make_demo_model
+    import make_package
     import torch
     from model.hvae import HVAE
     from utils.bins import LatentBins, ranges_path
-    net = HVAE(**TINY).eval()
-    os.makedirs(tmp_path / "bins")
+    net = HVAE(**TINY, conditional_xscale=True).eval()
     run = tmp_path / "run"
     run.mkdir()
     torch.save(net.state_dict(), run / "model_best.pt")
     zdim = 2 * 16 * 16
     ranges = np.stack([np.full((1, zdim), -2.0), np.full((1, zdim), 3.0)], axis=-1)
     expected = LatentBins.from_ranges(ranges, 6)
-    expected.save_ranges(ranges_path(str(tmp_path / "bins"), "photos", 2, 6))
+    expected.save_ranges(ranges_path(str(run), "imagenetcrop", 2, 6))
     out = tmp_path / "demo"
-    make_demo_model.main(["--run", str(run), "--bins-dir", str(tmp_path / "bins"), "--dataset", "photos",
-                          "--quantbits", "6", "--name", "packaged", "--out", str(out)])
-    assert sorted(os.listdir(out)) == ["bins.pt", "checkpoint.pt", "model.json"]
-    model = imagecodec.load_model(str(out))
-    assert model.name == "packaged"
+    argv = [str(run / "model_best.pt"), "--dataset", "imagenetcrop", "--quantbits", "6",
+            "--name", "packaged", "--out", str(out), "--training-hardware", "a test machine"]
+    assert make_package.main(argv) == 0
+    assert sorted(os.listdir(out)) == ["bins.pt", "model.json", "weights.safetensors"]
+    model = imagecodec.load_codec_model(str(out))
+    assert model.name == "packaged" and model.weights_kind == "ema" and model.dataset == "imagenetcrop"
+    assert model.info["training"]["hardware"] == "a test machine"
     assert np.array_equal(model.bins.endpoints, expected.endpoints)
     image = np.random.default_rng(9).integers(0, 256, (9, 9, 3), dtype=np.uint8)
     assert np.array_equal(imagecodec.decompress(imagecodec.compress(image, "RGB", model).data, model)[0], image)
+    capsys.readouterr()
+    assert make_package.main(argv) == 2
+    assert "--force" in capsys.readouterr().err
 
 
 def test_shipped_model_loads_and_round_trips_a_crop_of_the_sample():
     """models/demo (what README command 1 uses) is complete and consistent."""
-    shipped = imagecodec.load_model(None, "cpu")
-    assert shipped.name == "photos-nz2-w64"
-    image, mode = imagecodec.load_image(os.path.join(REPO, "samples", "chelsea.png"))
+    shipped = imagecodec.load_codec_model(None, "cpu")
+    assert shipped.name == "photos-nz2-w64" and shipped.kind == "package"
+    image, mode = images.load_image(os.path.join(REPO, "samples", "chelsea.png"))
     crop = np.ascontiguousarray(image[100:164, 200:264])
     result = imagecodec.compress(crop, mode, shipped)
     decoded, back_mode = imagecodec.decompress(result.data, shipped)

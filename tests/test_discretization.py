@@ -148,7 +148,8 @@ def test_authors_files_load_as_they_are_and_code(tmp_path):
 
 
 def test_bad_bins_files(tmp_path):
-    with pytest.raises(BinsError, match=r"mnist_nz2_zendpoints10.pt not found.*discretization.py"):
+    with pytest.raises(BinsError, match=r"neither .*mnist_nz2_zranges10.pt nor .*mnist_nz2_zendpoints10.pt"
+                                        r".*discretization.py"):
         LatentBins.load(str(tmp_path), "mnist", 2, 10)
     LatentBins.prior_only(2, 10, 3).save(str(tmp_path), "mnist")
     with pytest.raises(BinsError, match="model has nz=2 with 256"):
@@ -166,15 +167,48 @@ def test_cli_writes_bins_from_checkpoint_and_idx_data(tmp_path, capsys):
     ckpt = tmp_path / "ck.pt"
     torch.save({"architecture": model.architecture(), "state_dict": model.state_dict()}, ckpt)
     out = tmp_path / "bins"
-    rc = discretization.main(["mnist", "--nz", "2", "--quantbits", "4", "--params", str(ckpt),
-                              "--out", str(out), "--data-root", str(root), "--samples-per-bin", "2",
-                              "--no-progress"])
-    assert rc == 0
+    argv = ["mnist", "--quantbits", "4", "--params", str(ckpt), "--bins", str(out),
+            "--data-root", str(root), "--samples-per-bin", "2", "--no-progress"]
+    assert discretization.main(argv) == 0
     bins = LatentBins.load(str(out), "mnist", 2, 4)
     bins.check_model(model)
-    rc = discretization.main(["mnist", "--nz", "2", "--params", str(tmp_path / "none.pt"),
-                              "--data-root", str(root), "--out", str(out)])
+    # the bins record the weights they came from
+    from model.package import weights_fingerprint
+    assert bins.weights_fingerprint == weights_fingerprint(model.state_dict())
+    # existing bins are never replaced silently
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert discretization.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "exists" in err and "--force" in err and err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert discretization.main(argv + ["--force"]) == 0
+    rc = discretization.main(["mnist", "--params", str(tmp_path / "none.pt"),
+                              "--data-root", str(root), "--bins", str(out)])
     assert rc == 2 and "none.pt not found" in capsys.readouterr().err
+    # --nz is checked against the model
+    assert discretization.main(argv[:1] + ["--nz", "3"] + argv[1:] + ["--force"]) == 2
+    assert "has nz=2, not --nz 3" in capsys.readouterr().err
+
+
+def test_default_output_is_beside_the_weights_and_shipped_packages_are_safe(tmp_path, capsys):
+    """No --bins: the bins go into the run folder; a package's own bins are
+    never the default target."""
+    root = tmp_path / "data"
+    write_mnist(str(root), n_test=4, n_train=30)
+    model = tiny_model(1)
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(model.state_dict(), run / "model_best.pt")
+    assert discretization.main(["mnist", "--params", str(run / "model_best.pt"), "--quantbits", "3",
+                                "--data-root", str(root), "--compact-only", "--no-progress"]) == 0
+    assert sorted(os.listdir(run)) == ["mnist_nz1_zranges3.pt", "model_best.pt"]
+    shipped = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "models", "mnist-nz2")
+    before = sorted(os.listdir(shipped))
+    assert discretization.main(["mnist", "--params", "mnist-nz2", "--data-root", str(root)]) == 2
+    assert "own bins" in capsys.readouterr().err
+    assert sorted(os.listdir(shipped)) == before
 
 
 def test_compact_ranges_round_trip_and_fallback(tmp_path):
@@ -205,7 +239,7 @@ def test_cli_imagenetcrop_from_photo_patches_compact_only(tmp_path):
     torch.save(model.state_dict(), ckpt)        # plain state dict: architecture read off it
     out = tmp_path / "bins"
     rc = discretization.main(["imagenetcrop", "--nz", "2", "--quantbits", "4", "--params", str(ckpt),
-                              "--out", str(out), "--data-root", str(tmp_path / "data"),
+                              "--bins", str(out), "--data-root", str(tmp_path / "data"),
                               "--samples-per-bin", "2", "--no-progress", "--compact-only"])
     assert rc == 0
     assert sorted(os.listdir(out)) == ["imagenetcrop_nz2_zranges4.pt"]

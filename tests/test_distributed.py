@@ -38,7 +38,7 @@ def check_two_ranks(stdout, out):
     digests = dict(re.findall(r"rank (\d)/2: parameters sha256 ([0-9a-f]{64})", stdout))
     assert set(digests) == {"0", "1"}, stdout
     assert digests["0"] == digests["1"]
-    ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+    ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
     assert ckpt["world_size"] == 2 and ckpt["step"] == 6 and len(ckpt["rng"]) == 2
     assert "engine torch" in stdout and "on 2 rank(s)" in stdout
     assert ckpt["best_elbo"] < float("inf")

@@ -10,8 +10,9 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import DATA
 from utils import ans
-from utils.distributions import (Bins, DiscretizedLogistic, LogisticBins, discretized_logistic_logp,
-                                 logistic_cdf, logistic_logp, logistic_quantile, prior_bins)
+from utils.densities import discretized_logistic_logp, logistic_logp
+from utils.distributions import (Bins, DiscretizedLogistic, LogisticBins, logistic_cdf,
+                                 logistic_quantile, prior_bins)
 
 REFERENCE = os.path.join(DATA, "reference_vectors.pt")
 
@@ -151,7 +152,7 @@ def test_size_within_tenth_of_a_percent_of_ideal_plus_heads(lanes, independent):
 
 def test_codec_cost_matches_model_log_density():
     """The quantized pixel codec charges -log2 of the model's discretized
-    logistic (utils.distributions.discretized_logistic_logp) up to rounding."""
+    logistic (utils.densities.discretized_logistic_logp) up to rounding."""
     rng = np.random.default_rng(6)
     n = 4096
     mu = rng.uniform(-1, 1, size=n)
@@ -259,3 +260,14 @@ def test_log_densities_match_reference():
         want = r["logistic_logp_z1_given_x"]
         got = logistic_logp(r["z"][0], *r["infer"][0]).reshape(want.shape)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_the_coder_path_imports_no_torch():
+    """utils/ans.py and the codecs run without torch (a fresh interpreter)."""
+    import subprocess
+    import sys
+    code = ("import sys, utils.ans, utils.distributions; "
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(DATA)),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -10,7 +10,7 @@ import torch
 from conftest import DATA
 from model.config import PAPER_WIDTHS, config_for
 from model.hvae import HVAE
-from utils.distributions import discretized_logistic_logp, logistic_logp
+from utils.densities import discretized_logistic_logp, logistic_logp
 from utils.modules import Squeeze2d, UnSqueeze2d, WnConv2d, data_dependent_init, deal_round_robin
 
 VECTORS = torch.load(os.path.join(DATA, "reference_vectors.pt"))

@@ -101,7 +101,7 @@ def test_reproduce_end_to_end(tmp_path, capsys):
 
     # training budget from checkpoint.pt, TensorBoard and the stdout log
     for nz in (1, 2):
-        ckpt = torch.load(runs / f"mnist_nz{nz}" / "checkpoint.pt", weights_only=False)
+        ckpt = torch.load(runs / f"mnist_nz{nz}" / "checkpoint.pt", weights_only=True)
         cells = row(text.split("## Training budget")[1], str(nz))
         assert cells[1:5] == [str(ckpt["epoch"]), str(ckpt["step"]), "16", str(16 * ckpt["step"])]
         assert cells[5] == f"{ckpt['best_elbo']:.4f}"
@@ -109,11 +109,12 @@ def test_reproduce_end_to_end(tmp_path, capsys):
         assert cells[8] == "cpu"
 
     # a hand-written discussion survives regeneration (results reused)
-    edited = text.replace("**TODO (next session): write the discussion here.**", "OUR WORDS")
+    edited = text.replace("*(No discussion written yet: replace this text; it is kept when the report is\n"
+                          "regenerated.)*", "OUR WORDS")
     report_path.write_text(edited)
     assert R.main(argv + ["--reuse-results"]) == 0
     again = report_path.read_text()
-    assert "OUR WORDS" in again and "TODO (next session): write the discussion" not in again
+    assert "OUR WORDS" in again and "No discussion written yet" not in again
     assert "reusing" in capsys.readouterr().out
 
     # results of an older format are computed again, never reused
@@ -125,12 +126,18 @@ def test_reproduce_end_to_end(tmp_path, capsys):
     assert "reusing " + str(summary_2) not in log and "reusing " in log
     assert json.loads(summary_2.read_text())["results_format"] == 2
 
-    # a new checkpoint at the same path: its results are recomputed, not reused
-    # (the summaries record a fingerprint of the weights and bins)
+    # a new checkpoint at the same path: the old bins (derived from the old
+    # weights) are refused; with fresh bins its results are recomputed, not
+    # reused (the summaries record a fingerprint of the weights and bins)
     best = runs / "mnist_nz1" / "model_best.pt"
     state = torch.load(best, weights_only=True)
     state = {k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}
     torch.save(state, best)
+    capsys.readouterr()
+    assert R.main(argv + ["--reuse-results"]) == 2
+    err = capsys.readouterr().err
+    assert "were derived from other weights" in err and err.count("\n") == 1
+    os.remove(bins / "mnist_nz1_zranges6.pt")
     summary_1 = out / "results" / "mnist1" / "bitswap_6bits_summary.json"
     before = json.loads(summary_1.read_text())["fingerprint"]
     assert R.main(argv + ["--reuse-results"]) == 0
@@ -140,29 +147,33 @@ def test_reproduce_end_to_end(tmp_path, capsys):
     assert "reusing " + str(out / "results" / "mnist1") not in log
     text = report_path.read_text()
 
-    # --export: float16 weights with the run's budget beside them; a report
-    # made from the exported files states the same budget
+    # --export: packages (float16 weights, their bins, the run's budget in
+    # model.json); a report made from the exported packages states the same budget
+    from model import package
     shipped = tmp_path / "shipped"
     assert R.main(argv + ["--export", str(shipped)]) == 0
     for nz in (1, 2):
-        half = torch.load(shipped / f"mnist_nz{nz}.pt", weights_only=True)
+        model = package.load(str(shipped / f"mnist-nz{nz}"), dataset="mnist", nz=nz)
         full = torch.load(runs / f"mnist_nz{nz}" / "model_best.pt", weights_only=True)
+        half = model.net.state_dict()
         assert half.keys() == full.keys()
         for k, v in half.items():
-            assert v.dtype == torch.float16 and torch.equal(v, full[k].half()), k
-        meta = json.loads((shipped / f"mnist_nz{nz}.json").read_text())
-        ckpt = torch.load(runs / f"mnist_nz{nz}" / "checkpoint.pt", weights_only=False)
-        assert meta["training"]["steps"] == ckpt["step"] and meta["dtype"] == "float16"
-    argv2 = [a if a != str(runs) else str(shipped) for a in argv]
+            assert torch.equal(v, full[k].half().float()), k
+        meta = model.info
+        ckpt = torch.load(runs / f"mnist_nz{nz}" / "checkpoint.pt", weights_only=True)
+        assert meta["training"]["steps"] == ckpt["step"] and meta["weights"]["dtype"] == "float16"
+        assert meta["weights"]["kind"] == "ema" and meta["training"]["hardware"]
+        assert model.bins.weights_fingerprint == model.weights_fingerprint
+    argv2 = [a for a in argv if a not in ("--bins", str(bins))]
     argv2[argv2.index("--out") + 1] = str(tmp_path / "repro2")
-    argv2 += ["--params-template", "{params_dir}/mnist_nz{nz}.pt", "--experiments", "1",
+    argv2 += ["--params-template", str(shipped) + "/mnist-nz{nz}", "--experiments", "1",
               "--training-hardware", "a test machine"]
     assert R.main(argv2) == 0, capsys.readouterr().err
     text2 = (tmp_path / "repro2" / "REPRODUCTION.md").read_text()
     assert "Checkpoints trained on: a test machine." in text2
     assert "Checkpoints trained on: the machine above." in text
     for nz in (1, 2):
-        ckpt = torch.load(runs / f"mnist_nz{nz}" / "checkpoint.pt", weights_only=False)
+        ckpt = torch.load(runs / f"mnist_nz{nz}" / "checkpoint.pt", weights_only=True)
         cells = row(text2.split("## Training budget")[1], str(nz))
         assert cells[1:3] == [str(ckpt["epoch"]), str(ckpt["step"])]
 

@@ -15,6 +15,7 @@ from model import train as T
 from model.config import config_for
 from model.distributed import Distributed
 from model.hvae import HVAE
+from utils.cli import BadInput
 
 TINY = ["--nz", "2", "--width", "8", "--zchannels", "2", "--nprocessing", "1", "--blocks", "2",
         "--batch", "16", "--init-batches", "2", "--no-progress", "--threads", "1",
@@ -33,7 +34,7 @@ def run_main(dataset, root, out, *extra):
 
 
 def checkpoint(out):
-    return torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+    return torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)   # pickle-free
 
 
 def elbo_of(state_dict, dataset, images):
@@ -99,21 +100,31 @@ def test_stop_and_resume_equals_uninterrupted_run(tmp_path):
 
 
 def test_killed_run_resumes_exactly(tmp_path):
+    """SIGKILL at an arbitrary moment after the first checkpoint (maybe in
+    the middle of writing one): the run resumes to exactly the state of an
+    uninterrupted one.  The killed process is frozen (SIGSTOP) as soon as a
+    checkpoint is seen, so it cannot run to its end first, whatever the
+    machine's speed; it has no step limit of its own."""
     sd.write_mnist(str(tmp_path / "data"))
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     args = TINY + ["--data-root", str(tmp_path / "data"), "--interval", "2"]
     assert T.main("mnist", args + ["--out", str(ref), "--max-steps", "24"]) == 0
     cmd = [sys.executable, os.path.join(ROOT, "model", "mnist_train.py")] + args + [
-        "--out", str(killed), "--max-steps", "24", "--checkpoint-minutes", "0"]
+        "--out", str(killed), "--checkpoint-minutes", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while not (killed / "checkpoint.pt").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)  # at an arbitrary moment, maybe mid-write
-    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    try:
+        deadline = time.time() + 120
+        while not (killed / "checkpoint.pt").exists():
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGSTOP)     # frozen wherever it is, maybe mid-write
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     step = checkpoint(killed)["step"]
-    assert 1 <= step < 24
+    assert 1 <= step < 24, step
     assert T.main("mnist", args + ["--out", str(killed), "--resume", str(killed),
                                    "--max-steps", "24"]) == 0
     assert_same_state(checkpoint(ref), checkpoint(killed))
@@ -122,15 +133,15 @@ def test_killed_run_resumes_exactly(tmp_path):
 def test_bad_inputs_fail_cleanly_and_overwrite_nothing(tmp_path, capsys, monkeypatch):
     sd.write_mnist(str(tmp_path / "data"))
     out = tmp_path / "run"
-    assert run_main("mnist", tmp_path / "data", out, "--nz", "0") == 1
+    assert run_main("mnist", tmp_path / "data", out, "--nz", "0") == 2          # bad input: 2
     assert "--nz must be >= 1" in capsys.readouterr().err
     assert run_main("mnist", tmp_path / "data", out, "--max-steps", "2") == 0
     saved = (out / "checkpoint.pt").read_bytes()
     # another configuration's checkpoint
-    assert run_main("mnist", tmp_path / "data", out, "--width", "10", "--resume", str(out)) == 1
+    assert run_main("mnist", tmp_path / "data", out, "--width", "10", "--resume", str(out)) == 2
     assert "width=8" in capsys.readouterr().err
     # a fresh run into a folder holding a checkpoint
-    assert run_main("mnist", tmp_path / "data", out) == 1
+    assert run_main("mnist", tmp_path / "data", out) == 2
     assert "--resume" in capsys.readouterr().err
     # NaN loss: stop with a message, keep the last good checkpoint
     real_forward = HVAE.forward
@@ -140,17 +151,17 @@ def test_bad_inputs_fail_cleanly_and_overwrite_nothing(tmp_path, capsys, monkeyp
         return objective * float("nan"), terms
     monkeypatch.setattr(HVAE, "forward", nan_forward)
     assert run_main("mnist", tmp_path / "data", out, "--resume", str(out), "--max-steps", "5") == 1
-    assert "loss became nan" in capsys.readouterr().err
+    assert "loss became nan" in capsys.readouterr().err       # a failure at run time: 1
     monkeypatch.undo()
     assert (out / "checkpoint.pt").read_bytes() == saved
     # missing data
-    assert run_main("mnist", tmp_path / "nowhere", tmp_path / "r2") == 1
+    assert run_main("mnist", tmp_path / "nowhere", tmp_path / "r2") == 2
     assert "--download" in capsys.readouterr().err
     assert not (tmp_path / "r2").exists()
     # a global batch that does not split over the ranks
     cfg, args = T.parse_args("mnist", TINY + ["--data-root", str(tmp_path / "data"),
                                              "--out", str(tmp_path / "r3")])
-    with pytest.raises(T.TrainingError, match="not divisible by the 3 ranks"):
+    with pytest.raises(BadInput, match="not divisible by the 3 ranks"):
         T.Trainer(cfg, args, Distributed("torch", 0, 3, 0))
 
 
@@ -169,7 +180,7 @@ def test_starts_from_a_reference_layout_state_dict(tmp_path, capsys):
     got = checkpoint(tmp_path / "ok")["model"]
     for k, v in entry["state_dict"].items():
         torch.testing.assert_close(got[k], v, rtol=0, atol=1e-6)
-    assert T.main("mnist", base + ["--out", str(tmp_path / "bad"), "--resume", str(weights)]) == 1
+    assert T.main("mnist", base + ["--out", str(tmp_path / "bad"), "--resume", str(weights)]) == 2
     assert "does not fit this model" in capsys.readouterr().err
 
 
@@ -192,3 +203,69 @@ def test_ema_and_learning_rate_schedule():
     mnist = config_for("mnist", schedule=False)
     assert T.learning_rate(mnist, 5000) == 2e-3
     assert T.learning_rate(config_for("mnist", lr=1e-4), 10 ** 6) == 1e-4
+
+
+def test_curve_points_record_the_budget_and_leave_training_unchanged(tmp_path):
+    import csv
+    sd.write_mnist(str(tmp_path / "data"))
+    plain, curved = tmp_path / "plain", tmp_path / "curved"
+    assert run_main("mnist", tmp_path / "data", plain, "--max-steps", "5", "--interval", "100") == 0
+    curve = ["--curve-minutes", "0", "--curve-images", "8", "--interval", "100"]
+    assert run_main("mnist", tmp_path / "data", curved, "--max-steps", "3", *curve) == 0
+    assert run_main("mnist", tmp_path / "data", curved, "--resume", str(curved),
+                    "--max-steps", "5", *curve) == 0
+    # evaluations draw from their own seeded stream: the training is untouched
+    assert_same_state(checkpoint(plain), checkpoint(curved))
+    with open(curved / "curve.csv") as f:
+        rows = list(csv.DictReader(f))
+    # a point after every step (--curve-minutes 0), the one at a stop taken once
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert [int(r["images"]) for r in rows] == [16, 32, 48, 64, 80]
+    for key in ("wall_s", "cpu_s"):
+        values = [float(r[key]) for r in rows]
+        assert values[0] > 0 and all(b >= a for a, b in zip(values, values[1:])), (key, values)
+    assert all(r["test_images"] == "8" and r["threads"] == "1" for r in rows)
+    elbos = [float(r["test_elbo"]) for r in rows]
+    assert all(0 < e < 20 for e in elbos)
+    import json
+    assert json.loads((curved / "config.json").read_text())["batch"] == 16
+    budget = checkpoint(curved)["budget"]
+    assert budget["images"] == 80 and budget["wall_s"] == pytest.approx(float(rows[-1]["wall_s"]), abs=0.1)
+
+
+def test_resume_reads_settings_and_folder_and_says_when_there_is_nothing_to_do(tmp_path, capsys):
+    """--resume RUN alone continues RUN (its architecture and output
+    folder); a bounded run that never evaluated still ends with
+    model_best.pt; a resume already at --max-steps says so and writes nothing."""
+    from model import package
+    sd.write_mnist(str(tmp_path / "data"))
+    out = tmp_path / "run"
+    assert run_main("mnist", tmp_path / "data", out, "--max-steps", "2", "--interval", "100") == 0
+    assert (out / "model_best.pt").exists()          # no evaluation was due: exported at the end
+    best = package.load(str(out / "model_best.pt"), dataset="mnist", need_bins=False)
+    assert best.net.architecture()["width"] == 8 and best.weights_kind == "ema"
+    tail = capsys.readouterr().out
+    assert f"python discretization.py mnist --params {out}" in tail
+    bare = ["--data-root", str(tmp_path / "data"), "--no-progress", "--threads", "1",
+            "--resume", str(out)]
+    assert T.main("mnist", bare + ["--max-steps", "4"]) == 0      # no --width, no --out
+    assert checkpoint(out)["step"] == 4 and checkpoint(out)["config"]["width"] == 8
+    saved = (out / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    assert T.main("mnist", bare + ["--max-steps", "4"]) == 0
+    said = capsys.readouterr().out
+    assert "nothing to do" in said and "--max-steps 4" in said
+    assert (out / "checkpoint.pt").read_bytes() == saved
+    # a checkpoint of another dataset is refused in one line
+    assert T.main("cifar", bare + ["--max-steps", "5"]) == 2
+    assert "is a mnist run, not cifar" in capsys.readouterr().err
+
+
+def test_help_states_defaults_and_step_semantics(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        T.parse_args("mnist", ["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(paper: 61)" in text and "(paper: 0.2)" in text            # mnist's width, dropout
+    assert "steps of earlier sessions count" in text and "minutes of this session" in text
+    assert "default: auto" in text and "default: data" in text

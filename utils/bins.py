@@ -1,5 +1,5 @@
 """Latent discretization bins: the authors' file format and the per-layer
-bin tables the bits-back coders use (DESIGN.md section 4).
+bin tables the bits-back coders use (docs/design.md, "Latent bins").
 
 Files (the authors' names and layout, ``torch.save`` of one tensor each):
   ``{dataset}_nz{nz}_zendpoints{q}.pt``  float64 ``(nz, zdim, 2^q - 1)``: inner endpoints
@@ -11,7 +11,12 @@ A latent symbol k of layer i stands for ``centres[i, d, k]``.
 Compact form: below the top layer the bins are equal-width between each
 dimension's sample min and max, so ``{dataset}_nz{nz}_zranges{q}.pt`` (float64
 ``(nz - 1, zdim, 2)``: min, max) determines every table; the authors' files
-of a 1,024-bin model are tens of MB, this one a few hundred KB.
+of a 1,024-bin model are tens of MB, this one a few hundred KB.  The compact
+file is a dict ``{"ranges": tensor, "quantbits": int, "weights_fingerprint":
+str}`` (read with ``weights_only=True``); the fingerprint names the weights
+the bins were derived from (model/package.py), so bins made for another model
+are refused.  A plain tensor (older compact files) and the authors' two files
+carry no fingerprint and load beside any weights, as before.
 :meth:`LatentBins.from_ranges` rebuilds the tables with the same
 :func:`uniform_bins` that discretization.py uses, so both are identical.
 
@@ -25,6 +30,7 @@ import os
 import numpy as np
 import torch
 
+from utils.cli import atomic_output, one_line
 from utils.distributions import Bins, prior_bins
 
 
@@ -80,6 +86,8 @@ class LatentBins:
         self.centres = np.ascontiguousarray(centres)
         self.nz, self.zdim, self.K = centres.shape
         self.ranges = None      # set by from_ranges: the compact form, when known
+        self.weights_fingerprint = None   # the weights these bins were derived from, if known
+        self.source = None      # the file they were read from, for messages
         self.quantbits = int(round(np.log2(self.K)))
         self.layers = [Bins(endpoints[i]) for i in range(self.nz)]
         self._dim_index = np.arange(self.zdim)[None, :]
@@ -109,19 +117,38 @@ class LatentBins:
         bins.ranges = ranges
         return bins
 
-    def save_ranges(self, path):
-        """Write the compact form atomically (BinsError if these bins have none)."""
+    def save_ranges(self, path, weights_fingerprint=None):
+        """Write the compact form atomically (BinsError if these bins have
+        none), recording ``weights_fingerprint`` (default: the one they carry)."""
         if self.ranges is None:
             raise BinsError("these bins were not made from (min, max) ranges; save the full files")
-        tmp = path + ".tmp"
-        torch.save(torch.from_numpy(np.array(self.ranges, dtype=np.float64)), tmp)
-        os.replace(tmp, path)
+        fingerprint = weights_fingerprint or self.weights_fingerprint
+        obj = {"ranges": torch.from_numpy(np.array(self.ranges, dtype=np.float64)),
+               "quantbits": int(self.quantbits)}
+        if fingerprint:
+            obj["weights_fingerprint"] = str(fingerprint)
+        with atomic_output(path) as f:
+            torch.save(obj, f)
+        self.weights_fingerprint = fingerprint
         return path
 
     @classmethod
     def load_ranges(cls, path, quantbits):
         """Bins from a compact ranges file (see ``save_ranges``)."""
-        return cls.from_ranges(_load_tensor(path), quantbits)
+        obj = _load_file(path)
+        fingerprint = None
+        if isinstance(obj, dict):
+            if not torch.is_tensor(obj.get("ranges")):
+                raise BinsError(f"bins file {path} holds no 'ranges' tensor")
+            if int(obj.get("quantbits", quantbits)) != quantbits:
+                raise BinsError(f"bins file {path} has {obj['quantbits']}-bit bins, not {quantbits}")
+            fingerprint = obj.get("weights_fingerprint")
+            obj = obj["ranges"]
+        elif not torch.is_tensor(obj):
+            raise BinsError(f"bins file {path} does not hold a tensor")
+        bins = cls.from_ranges(obj, quantbits)
+        bins.weights_fingerprint, bins.source = fingerprint, path
+        return bins
 
     def centre(self, layer, symbols):
         """Bin centres (float64, same shape as ``symbols`` (B, zdim))."""
@@ -136,39 +163,47 @@ class LatentBins:
 
     def save(self, directory, dataset):
         """Write the authors' two files atomically; returns their paths."""
-        os.makedirs(directory, exist_ok=True)
         paths = bins_paths(directory, dataset, self.nz, self.quantbits)
         for path, array in zip(paths, (self.endpoints, self.centres)):
-            tmp = path + ".tmp"
-            torch.save(torch.from_numpy(np.array(array, dtype=np.float64)), tmp)
-            os.replace(tmp, path)
+            with atomic_output(path) as f:
+                torch.save(torch.from_numpy(np.array(array, dtype=np.float64)), f)
         return paths
 
     @classmethod
     def load(cls, directory, dataset, nz, quantbits):
-        """Load the authors' files (either dtype, any device), or else the
-        compact ranges file; BinsError if neither is there."""
+        """Load the compact ranges file (it records the weights' fingerprint),
+        or else the authors' two files (either dtype, any device); BinsError
+        naming both if neither is there."""
         compact = ranges_path(directory, dataset, nz, quantbits)
-        if not all(map(os.path.exists, bins_paths(directory, dataset, nz, quantbits))) \
-                and os.path.exists(compact):
+        if os.path.exists(compact):
             return cls.load_ranges(compact, quantbits)
-        hint = (f"; make it with `python discretization.py {dataset} --nz {nz} --quantbits "
-                f"{quantbits}` (needs the trained checkpoint)")
-        bins = cls(*(_load_tensor(path, hint) for path in bins_paths(directory, dataset, nz, quantbits)))
+        paths = bins_paths(directory, dataset, nz, quantbits)
+        missing = [p for p in paths if not os.path.exists(p)]
+        if missing:
+            raise BinsError(f"bins for {dataset} nz={nz} not found: neither {compact} nor "
+                            f"{missing[0]}; make them with `python discretization.py {dataset} "
+                            f"--params CHECKPOINT --quantbits {quantbits}`")
+        bins = cls(*(_load_tensor(path) for path in paths))
         if bins.K != 1 << quantbits:
             raise BinsError(f"bins in {directory} have {bins.K} bins per dimension, "
                             f"expected 2^{quantbits}")
+        bins.source = paths[0]
         return bins
 
 
-def _load_tensor(path, hint=""):
-    """The tensor saved in ``path`` (any dtype, any device), or BinsError."""
+def _load_file(path):
+    """What ``path`` holds (read with weights_only=True), or BinsError."""
     if not os.path.exists(path):
-        raise BinsError(f"bins file {path} not found{hint}")
+        raise BinsError(f"bins file {path} not found")
     try:
-        t = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise BinsError(f"bins file {path} is unreadable: {exc}") from exc
+        raise BinsError(f"bins file {path} is unreadable: {one_line(exc)}") from None
+
+
+def _load_tensor(path):
+    """The tensor saved in ``path`` (any dtype, any device), or BinsError."""
+    t = _load_file(path)
     if not torch.is_tensor(t):
         raise BinsError(f"bins file {path} does not hold a tensor")
     return t

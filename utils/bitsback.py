@@ -1,5 +1,5 @@
 """Bit-Swap and BB-ANS: encode and decode images on an rANS message
-(DESIGN.md section 5).  One implementation for both schemes and every model
+(docs/design.md, "Coding").  One implementation for both schemes and every model
 that exposes ``infer(i, given)`` / ``generate(i, given)`` -> (mu, scale),
 ``nz``, ``xs``, ``zdim`` (see model/hvae.py for the indexing).
 
@@ -40,7 +40,8 @@ import numpy as np
 import torch
 
 from utils import ans
-from utils.distributions import DiscretizedLogistic, LogisticBins, discretized_logistic_logp, logistic_logp
+from utils.densities import discretized_logistic_logp, logistic_logp
+from utils.distributions import DiscretizedLogistic, LogisticBins
 
 LOG2 = float(np.log(2.0))
 

@@ -1,4 +1,4 @@
-"""The demo codec's file format (DESIGN.md section 6): a versioned container.
+"""The demo codec's file format: a versioned container.
 
 This module owns the bytes of a ``.bsw`` file and nothing else (no model, no
 image handling).  Layout, all integers little-endian:
@@ -28,6 +28,8 @@ import hashlib
 import json
 import struct
 
+from utils.cli import BadInput
+
 MAGIC = b"\x89BSW\r\n\x1a\n"
 VERSION = 1
 _FIXED = struct.Struct("<8sHIQ")           # magic, version, header length, body length
@@ -37,7 +39,7 @@ MAX_HEADER = 1 << 20                      # a header is a few hundred bytes; ref
 # name -> required Python type(s) of the header's JSON fields.
 HEADER_FIELDS = {
     "model_name": str,          # descriptor name of the model that wrote the file
-    "model_hash": str,          # SHA-256 hex of descriptor + checkpoint + bins
+    "model_hash": str,          # model identity: SHA-256 of architecture, weights, bins
     "height": int, "width": int, "channels": int,
     "mode": str,                # "RGB" or "L" (what the decoder writes back)
     "block": int,               # block size the image was padded to and split by
@@ -48,12 +50,13 @@ HEADER_FIELDS = {
     "underflow_seed": int,      # seed of the initial bits the first block borrowed
     "quantbits": int,           # latent bins per dimension = 2^quantbits
     "device": str,              # device type the network ran on ("cpu", "cuda")
-    "pixels_sha256": str,       # SHA-256 hex of the original pixels (see imagecodec)
+    "pixels_sha256": str,       # SHA-256 hex of the original pixels (see utils/imagecodec.py)
 }
 
 
-class ContainerError(ValueError):
-    """The bytes are not a valid container of this format (one-line message)."""
+class ContainerError(BadInput, ValueError):
+    """The bytes are not a valid container of this format (one-line message;
+    bad input, exit status 2)."""
 
 
 def pack(header: dict, body: bytes) -> bytes:

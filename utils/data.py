@@ -10,7 +10,10 @@ On-disk layouts under a data root (`--data-root`, default `data/`):
                 or (N, 3, 32, 32), made by `create_imagenet.py`; a folder
                 {root}/imagenet/{train,test}_32x32/ of 32x32 PNGs also works
   ImageNet      {root}/imagenetcrop/{train,test}/ : full-size images (any
-  patches       depth of sub-folders), trained on random 32x32 patches
+  patches       depth of sub-folders), trained on random 32x32 patches; a
+                fixed test set of patches {root}/imagenetcrop/test_32x32.npy,
+                uint8 (N, 32, 32, 3) or (N, 3, 32, 32), replaces test/
+                (scripts/get_demo_photos.py writes this layout for photos)
 
 Invariants: arrays are uint8 (N, C, H, W); training samples are float32
 pixel values 0..255 (the model scales them); MNIST is padded by 2 pixels to
@@ -210,6 +213,17 @@ class RandomPatches(Dataset):
         self.cache = {} if (cache if cache is not None else per_image > 1) else None
         self.epoch = 0
 
+    def preload(self):
+        """Decode every file into the cache now. Data-loader workers are
+        forked from this process for every epoch: filled here, the cache is
+        shared with all of them, instead of each worker decoding every file
+        again each epoch."""
+        if self.cache is None:
+            self.cache = {}
+        for k in range(len(self.files)):
+            self._image(k)
+        return self
+
     def set_epoch(self, epoch):
         self.epoch = epoch
 
@@ -247,8 +261,16 @@ def training_datasets(dataset, root, download=False, patches_per_image=1):
         return tuple(ArrayImages(load_images(dataset, s, root, download)) for s in SPLITS)
     if dataset == "imagenetcrop":
         folder = os.path.join(root, "imagenetcrop")
-        return (RandomPatches(list_image_files(os.path.join(folder, "train")),
-                              per_image=patches_per_image),
-                RandomPatches(list_image_files(os.path.join(folder, "test")), deterministic=True,
-                              per_image=patches_per_image))
+        train = RandomPatches(list_image_files(os.path.join(folder, "train")),
+                              per_image=patches_per_image)
+        if patches_per_image > 1:
+            train.preload()
+        fixed = os.path.join(folder, "test_32x32.npy")
+        if os.path.isfile(fixed):
+            patches = to_nchw(np.load(fixed), fixed)
+            if patches.shape[1:] != (3, 32, 32):
+                raise ValueError(f"{fixed}: expected RGB 32x32 patches, got shape {patches.shape}")
+            return train, ArrayImages(patches)
+        return train, RandomPatches(list_image_files(os.path.join(folder, "test")),
+                                    deterministic=True, per_image=patches_per_image)
     raise ValueError(f"unknown dataset {dataset!r}")

@@ -1,11 +1,12 @@
-"""Model-side probability math (torch) and the quantized codecs the coder uses.
+"""The quantized codecs the entropy coder uses (numpy float64 only; no torch,
+so the coding path imports none).
 
-Owns: the torch log-densities the model trains with (``logistic_logp``,
-``discretized_logistic_logp``); numpy float64 ``logistic_cdf`` /
-``logistic_quantile``; the equal-mass prior bins ``prior_bins(quantbits)``;
-and the codecs ``LogisticBins`` (latents over per-dimension bins) and
-``DiscretizedLogistic`` (8-bit pixels) with ``.push(message, symbols)`` /
-``.pop(message)`` on both layouts of utils/ans.py.
+Owns: ``logistic_cdf`` / ``logistic_quantile``; the equal-mass prior bins
+``prior_bins(quantbits)``; the per-dimension ``Bins``; and the codecs
+``LogisticBins`` (latents over per-dimension bins) and ``DiscretizedLogistic``
+(8-bit pixels) with ``.push(message, symbols)`` / ``.pop(message)`` on both
+layouts of utils/ans.py.  The matching torch log-densities the model trains
+with are in utils/densities.py.
 
 Pixels are 8-bit values scaled into [-1, 1] by (x - 127.5) / 127.5, so a pixel
 bin has width 2/255; the two edge bins absorb the tails (PixelCNN++ style).
@@ -16,56 +17,20 @@ numpy operations, so the integers agree bit for bit on one machine and numpy
 build.  (Across machines this relies on numpy's float64 exp being the same
 function on both; messages meant to travel between machines should be
 decoded by the same software stack that encoded them.)
+
+Integer CDF of K bins at precision p:  C(k) = floor(F(e_k) * (2^p - K)) + k,
+C(0) = 0, C(K) = 2^p, with F the continuous CDF at the inner endpoint e_k.
+F is non-decreasing in k (endpoints may repeat), so C is strictly increasing: every bin has
+frequency >= 1 and the total is exactly 2^p.  C(k) is computed on its own
+wherever it is needed (a push: C(s), C(s+1); a pop: a closed-form guess of
+the bin through the logistic quantile, an exact integer check, and an exact
+integer binary search for the lanes the guess missed).  Encoder and decoder
+run the same function (_cdf) on the same float64 inputs, so their integers
+are bit-identical.
 """
-import math
+import numpy as np
 
-import torch
-import torch.nn.functional as F
-
-
-def logistic_logp(x, mu, scale):
-    """Log-density of Logistic(mu, scale) at x (elementwise)."""
-    y = (x - mu) / scale
-    return -y - torch.log(scale) - 2.0 * F.softplus(-y)
-
-
-def discretized_logistic_logp(x, mu, scale):
-    """Log-probability of 8-bit pixels ``x`` (values 0..255) under a
-    logistic over 256 bins of width 2/255 in [-1, 1], edge bins open."""
-    x = (x - 127.5) / 127.5
-    centered = x - mu
-    inv = 1.0 / scale
-    plus_in = inv * (centered + 1.0 / 255.0)
-    min_in = inv * (centered - 1.0 / 255.0)
-    log_cdf_plus = plus_in - F.softplus(plus_in)      # log F(upper), for bin 0
-    log_one_minus_cdf_min = -F.softplus(min_in)       # log(1 - F(lower)), bin 255
-    cdf_delta = torch.sigmoid(plus_in) - torch.sigmoid(min_in)
-    mid_in = inv * centered
-    log_pdf_mid = mid_in - torch.log(scale) - 2.0 * F.softplus(mid_in)
-    # Where the bin mass underflows in float32, fall back to density * width.
-    log_prob_mid = torch.where(cdf_delta > 1e-5,
-                               torch.log(torch.clamp(cdf_delta, min=1e-10)),
-                               log_pdf_mid - math.log(127.5))
-    return torch.where(x < -0.999, log_cdf_plus,
-                       torch.where(x > 0.999, log_one_minus_cdf_min, log_prob_mid))
-
-
-# ----------------------------------------------------------------------------
-# Quantized codecs (numpy, float64) for utils/ans.py messages.
-#
-# Integer CDF of K bins at precision p:  C(k) = floor(F(e_k) * (2^p - K)) + k,
-# C(0) = 0, C(K) = 2^p, with F the continuous CDF at the inner endpoint e_k.
-# F is non-decreasing in k (endpoints may repeat), so C is strictly increasing: every bin has
-# frequency >= 1 and the total is exactly 2^p.  C(k) is computed on its own
-# wherever it is needed (a push: C(s), C(s+1); a pop: a closed-form guess of
-# the bin through the logistic quantile, an exact integer check, and an exact
-# integer binary search for the lanes the guess missed).  Encoder and decoder
-# run the same function (_cdf) on the same float64 inputs, so their integers
-# are bit-identical.
-# ----------------------------------------------------------------------------
-import numpy as np  # noqa: E402
-
-from utils import ans  # noqa: E402
+from utils import ans
 
 
 def logistic_cdf(x, mu=0.0, scale=1.0):

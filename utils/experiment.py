@@ -32,6 +32,10 @@ Everything is decoded again by default (the mirror image, from the serialized
 message) and checked image by image; the decoded message must equal the
 initial one (head plus the borrowed words pushed back).
 
+Model: --params (default: the shipped package for the dataset and nz, e.g.
+mnist-nz8) is anything model/package.py loads; its bins come with it (a
+package) or from --bins / beside the weights / bins/.
+
 Outputs in --out (default plots/{dataset}{nz}, the reference's naming):
   {bitswap|bbans}_{q}bits_{nets,elbos,cmas,total}.npy   (E, n), bits/dim (total: bits)
       (cmas/total: the paper's initial bits, as the reference's files)
@@ -43,35 +47,30 @@ Outputs in --out (default plots/{dataset}{nz}, the reference's naming):
 Multi-process: under mpiexec/torchrun (rank/size from the environment, as
 training detects them) each process takes its blocks of experiments; rank 0
 merges the parts (part files of an aborted run are removed at start).
-Exit status: 0 ok, 1 decode mismatch, 2 bad input (one-line error).
+Exit status (utils/cli.py): 0 ok, 1 decode mismatch, 2 bad input (one line).
 """
-import argparse
 import hashlib
 import json
 import os
-import sys
 import time
 
 import numpy as np
 import torch
 
+from model import package
 from model.config import config_for
 from model.distributed import launcher_env
-from model.hvae import HVAE
-from utils import ans, protocol
-from utils.bins import BinsError, LatentBins
+from utils import ans, cli, protocol
 from utils.bitsback import BitsBackCoder, restored_initial_message
+from utils.cli import BadInput, write_atomic
 from utils.data import DataNotFoundError, load_image_folder, load_images
+from utils.device import device_from_args
 
 MESSAGE_SEED = 0x5EED
 NET_BATCH = 25          # 4 blocks of the paper's 100 experiments; smaller blocks cost speed
 
 
-class BadInput(Exception):
-    """Bad user input, missing file or data: one line, exit status 2."""
-
-
-class DecodeMismatch(Exception):
+class DecodeMismatch(cli.RunFailure):
     """Decoding did not give back what was encoded: one line, exit status 1."""
 
 
@@ -84,43 +83,24 @@ def pad_to_model(dataset, images):
     return images
 
 
-def load_model(dataset, nz, params, device="cpu"):
-    """The trained HVAE from ``params``: the authors' raw state dict, or a dict
-    with 'state_dict' (and optionally 'architecture')."""
-    if not os.path.exists(params):
-        raise BadInput(f"checkpoint {params} not found; train one with "
-                       f"`python model/{dataset}_train.py --nz {nz}` and pass "
-                       f"--params runs/{dataset}_nz{nz}/model_best.pt (or put the authors' "
-                       f"checkpoint there)")
-    try:
-        ckpt = torch.load(params, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise BadInput(f"checkpoint {params} is unreadable: {exc}") from None
-    state = ckpt.get("state_dict", ckpt.get("model", ckpt)) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or "infer_in.1.v" not in state:
-        raise BadInput(f"checkpoint {params} does not hold an HVAE state dict")
-    arch = ckpt.get("architecture") if isinstance(ckpt.get("architecture"), dict) else None
-    if arch is None:  # a plain state dict (the authors' files, model_best.pt): read it off
-        arch = HVAE.architecture_from_state_dict(state)
-    if int(arch["nz"]) != nz:
-        raise BadInput(f"checkpoint {params} is for nz={arch['nz']}, not --nz {nz}")
-    model = HVAE(**arch)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        raise BadInput(f"checkpoint {params} does not match the {dataset} nz={nz} model: "
-                       f"{' '.join(first[:2])[:300]}") from None
-    return model.to(device).eval()
+def default_params(dataset, nz):
+    """The shipped package for ``dataset`` / ``nz``; BadInput naming what to
+    pass when there is none."""
+    name = package.shipped_default(dataset, nz)
+    if name is None:
+        raise BadInput(f"no shipped {dataset} model{f' with nz={nz}' if nz else ''} "
+                       f"(shipped: {', '.join(package.shipped_names())}); train one with "
+                       f"`python model/{dataset}_train.py` and pass --params RUN_FOLDER")
+    return name
 
 
-def load_bins(bins_dir, dataset, model, quantbits):
-    try:
-        bins = LatentBins.load(bins_dir, dataset, model.nz, quantbits)
-        bins.check_model(model)
-    except BinsError as exc:
-        raise BadInput(str(exc)) from None
-    return bins
+def load_model(dataset, params, nz=None, quantbits=None, bins_dir=None, device="cpu"):
+    """(network, bins) for coding ``dataset`` with ``params`` (see
+    model/package.load: refuses models of another dataset, shape or nz, and
+    bins of other weights, in one line)."""
+    model = package.load(params, dataset=dataset, nz=nz, quantbits=quantbits,
+                         bins_dir=bins_dir, device=device)
+    return model.net, model.bins
 
 
 def fingerprint(model, bins):
@@ -160,7 +140,7 @@ def image_blocks(image, block=protocol.BLOCK):
 
 def experiments_full_size(args):
     """List of block arrays (one per photo) and the chosen file indices."""
-    folder = args.folder or os.path.join(args.data_root, "imagenetfull", "test")
+    folder = args.folder or os.path.join(args.data_root, "imagenetcrop", "test")
     try:
         images = load_image_folder(folder)
     except DataNotFoundError as exc:
@@ -250,7 +230,7 @@ def code_chains(coder, chains, seed=MESSAGE_SEED, decode=True, experiments=None,
     out["encode_s"] = time.perf_counter() - t0
     data = message.to_bytes()
     if keep_bitstreams:
-        _write_atomic(os.path.join(bitstream_dir, f"experiments{_id_range(ids)}.ans"), data)
+        write_atomic(os.path.join(bitstream_dir, f"experiments{_id_range(ids)}.ans"), data)
     if decode:
         t0 = time.perf_counter()
         received = ans.Message.from_bytes(data)
@@ -302,7 +282,7 @@ def _id_range(ids, sep="_"):
 def _keep(directory, ids, data):
     directory = directory or "."
     path = os.path.join(directory, f"mismatch_experiments{_id_range(ids)}.ans")
-    _write_atomic(path, data)
+    write_atomic(path, data)
     return path
 
 
@@ -311,14 +291,6 @@ def _progress(iterable, enabled, desc):
         return iterable
     from tqdm import tqdm
     return tqdm(iterable, desc=desc, leave=False)
-
-
-def _write_atomic(path, data):
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------ summary
@@ -406,25 +378,35 @@ def my_experiments(experiments, rank, size, net_batch):
 
 def build_parser(dataset):
     cfg = config_for(dataset)
-    p = argparse.ArgumentParser(
-        prog=f"{dataset}_compress.py",
-        description=f"Bit-Swap / BB-ANS compression of the {dataset} test set (the paper's protocol).")
-    p.add_argument("--nz", type=int, default=cfg.nz, help="number of latent layers")
+    shipped = package.shipped_default(dataset, cfg.nz)
+    p = cli.parser(
+        f"{dataset}_compress.py",
+        f"Bit-Swap / BB-ANS compression of the {dataset} test set (the paper's protocol).\n"
+        "Bits/dim are per coded dimension" + (" (MNIST: per pixel of the 32x32-padded image; "
+                                              "x 1024/784 for 28x28 pixels)." if dataset == "mnist" else "."))
+    p.add_argument("--params", default=None,
+                   help="model: package folder or shipped name, training run folder or "
+                        "checkpoint.pt, or a state-dict file (default: the shipped model for "
+                        f"the dataset and --nz{f', {shipped}' if shipped else ''})")
+    p.add_argument("--nz", type=int, default=None,
+                   help=f"latent layers; checked against the model (default: the model's, "
+                        f"or {cfg.nz} to pick the shipped model)")
     p.add_argument("--bitswap", type=int, default=1, choices=[0, 1], help="1: Bit-Swap, 0: BB-ANS")
-    p.add_argument("--quantbits", type=int, default=10, help="latent discretization bits")
-    p.add_argument("--gpu", type=int, default=None, help="CUDA device index (default: CPU)")
-    p.add_argument("--device", default=None, help="torch device, overrides --gpu (cpu, cuda:1, ...)")
+    p.add_argument("--quantbits", type=int, default=None,
+                   help="latent discretization bits (default: the package's, else 10)")
+    p.add_argument("--bins", default=None,
+                   help="folder of bins files (default: the package's own bins; for other "
+                        "files the folder of the weights, then bins/)")
+    cli.add_device_argument(p)
     p.add_argument("--experiments", type=int, default=protocol.EXPERIMENTS)
     if dataset != "imagenetcrop":
         p.add_argument("--images", type=int, default=protocol.IMAGES, help="images per experiment")
     p.add_argument("--seed", type=int, default=protocol.SEED, help="image selection seed")
-    p.add_argument("--params", default=None, help="checkpoint (default params/{dataset}/nz{nz})")
-    p.add_argument("--bins", default="bins", help="directory of the bins files")
     p.add_argument("--data-root", default="data")
     p.add_argument("--download", action="store_true")
     if dataset == "imagenetcrop":
         p.add_argument("--folder", default=None, help="full-size test images "
-                       "(default DATA_ROOT/imagenetfull/test)")
+                       "(default DATA_ROOT/imagenetcrop/test)")
     p.add_argument("--out", default=None, help="output directory (default plots/{dataset}{nz})")
     p.add_argument("--no-decode", action="store_true", help="skip decoding (not verified lossless)")
     p.add_argument("--keep-bitstreams", action="store_true", help="write every message to OUT/bitstreams")
@@ -433,7 +415,7 @@ def build_parser(dataset):
     p.add_argument("--net-batch", type=int, default=NET_BATCH,
                    help="experiments whose images the networks see together (fixed blocks, "
                         "dealt whole to processes: results do not depend on the process count)")
-    p.add_argument("--no-progress", action="store_true")
+    cli.add_progress_argument(p)
     return p
 
 
@@ -446,17 +428,15 @@ def run(dataset, argv=None):
     if not ans.MIN_PRECISION <= args.precision <= ans.MAX_PRECISION:
         raise BadInput(f"--precision must be in [{ans.MIN_PRECISION}, {ans.MAX_PRECISION}], "
                        f"got {args.precision}")
-    device = args.device or (f"cuda:{args.gpu}" if args.gpu is not None else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BadInput(f"device {device} requested but CUDA is not available")
-    params = args.params or os.path.join("params", dataset, f"nz{args.nz}")
-    model = load_model(dataset, args.nz, params, device)
-    bins = load_bins(args.bins, dataset, model, args.quantbits)
+    device = device_from_args(args)
+    params = args.params or default_params(dataset, args.nz or config_for(dataset).nz)
+    model, bins = load_model(dataset, params, args.nz, args.quantbits, args.bins, device)
+    nz, quantbits = model.nz, bins.quantbits
     coder = BitsBackCoder(model, bins, bitswap=bool(args.bitswap), precision=args.precision,
                           device=device)
     scheme = "bitswap" if args.bitswap else "bbans"
-    out = args.out or os.path.join("plots", f"{dataset}{args.nz}")
-    prefix = os.path.join(out, f"{scheme}_{args.quantbits}bits")
+    out = args.out or os.path.join("plots", f"{dataset}{nz}")
+    prefix = os.path.join(out, f"{scheme}_{quantbits}bits")
     rank, size = rank_and_size()
     _remove_stale_parts(prefix, rank, size)
 
@@ -468,11 +448,12 @@ def run(dataset, argv=None):
     mine = my_experiments(len(chains), rank, size, args.net_batch)
     bitstreams = os.path.join(out, "bitstreams", scheme)
     meta = dict(
-        dataset=dataset, nz=args.nz, scheme=scheme, quantbits=args.quantbits,
+        dataset=dataset, nz=nz, scheme=scheme, quantbits=quantbits,
         results_format=RESULTS_FORMAT, experiments=len(chains), seed=args.seed,
-        params=params, bins=args.bins, fingerprint=fingerprint(model, bins), device=device,
-        decoded=not args.no_decode, processes=size, precision=args.precision,
-        net_batch=args.net_batch, selection=np.asarray(selection).tolist())
+        params=params, bins=getattr(bins, "source", None), fingerprint=fingerprint(model, bins),
+        device=str(device), decoded=not args.no_decode, processes=size,
+        precision=args.precision, net_batch=args.net_batch,
+        selection=np.asarray(selection).tolist())
     res = _code_groups(coder, chains, mine, args, bitstreams)
     if size > 1:
         run_key = _run_key(meta)
@@ -589,7 +570,7 @@ def _write_results(prefix, res, meta):
     n_img = max(res["images_coded"], 1)
     meta.update(summary=summary, encode_ms_per_image=1e3 * res["encode_s"] / n_img,
                 decode_ms_per_image=1e3 * res["decode_s"] / n_img if meta["decoded"] else None)
-    _write_atomic(f"{prefix}_summary.json", json.dumps(meta, indent=1).encode())
+    write_atomic(f"{prefix}_summary.json", json.dumps(meta, indent=1))
     title = (f"{meta['dataset']} nz={meta['nz']} {meta['scheme']} q={meta['quantbits']}: "
              f"{meta['experiments']} experiments x {meta['images']} images"
              f"{', decoded and verified' if meta['decoded'] else ', NOT decoded'}")
@@ -600,12 +581,5 @@ def _write_results(prefix, res, meta):
 
 
 def main(dataset, argv=None):
-    """Entry point of the *_compress.py scripts: one-line errors, exit status."""
-    try:
-        return run(dataset, argv)
-    except BadInput as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except DecodeMismatch as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    """Entry point of the *_compress.py scripts (exit status: utils/cli.py)."""
+    return cli.run_main(f"{dataset}_compress.py", lambda: run(dataset, argv))

@@ -1,0 +1,148 @@
+"""Training-recipe curves: held-out ELBO against CPU-minutes, and the choice.
+
+Each run folder holds the `curve.csv` that `--curve-minutes` writes and the
+run's `config.json`. The script plots every run's held-out ELBO (EMA
+weights) against CPU-minutes, fits `elbo(t) = a + b * t**-c` to each curve
+past its first few minutes, extrapolates it to the budget (`--budget-minutes`),
+and names the recipe with the lowest extrapolated held-out ELBO: the recipe to
+continue. With `--collect DIR` it first copies each run's two files into
+`DIR/<run name>/`, so the committed figure can be regenerated from committed
+data (`python scripts/plot_recipes.py DIR/*`).
+
+    python scripts/plot_recipes.py runs/recipes/mnist_* --collect benchmarks/recipes/mnist \\
+        --title "MNIST nz=8" --png benchmarks/recipes/mnist.png
+
+CPU-minutes are the process CPU time the training steps used (evaluation
+excluded), which equals wall minutes x threads on an unloaded machine and
+stays comparable when other work shares the cores.
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import shutil
+import sys
+
+import numpy as np
+
+KNOBS = ("width", "nz", "zchannels", "blocks", "batch", "lr", "decay", "dropout")
+
+
+def read_run(folder):
+    with open(os.path.join(folder, "curve.csv")) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{folder}/curve.csv has no points")
+    with open(os.path.join(folder, "config.json")) as f:
+        config = json.load(f)
+    cols = {k: np.array([float(r[k]) for r in rows]) for k in
+            ("step", "images", "wall_s", "cpu_s", "threads", "test_elbo", "train_elbo")}
+    return dict(name=os.path.basename(os.path.normpath(folder)), config=config, **cols)
+
+
+def describe(config):
+    return ", ".join(f"{k} {config[k]:g}" if isinstance(config[k], float) else f"{k} {config[k]}"
+                     for k in KNOBS if k in config)
+
+
+def fit_power_law(minutes, elbo, skip_minutes=3.0):
+    """Least-squares fit of a + b * t**-c (c in (0, 3]) to the points past
+    `skip_minutes`; returns (a, b, c) or None with too few points."""
+    from scipy.optimize import curve_fit
+    keep = minutes > skip_minutes
+    t, y = minutes[keep], elbo[keep]
+    if len(t) < 4:
+        return None
+
+    def f(t, a, b, c):
+        return a + b * t ** -c
+
+    try:
+        p, _ = curve_fit(f, t, y, p0=(y[-1] - 0.1, 1.0, 0.5),
+                         bounds=([0.0, 0.0, 1e-3], [y.min(), np.inf, 3.0]), maxfev=20000)
+    except (RuntimeError, ValueError):
+        return None
+    return tuple(float(v) for v in p)
+
+
+def extrapolate(run, budget_minutes):
+    minutes = run["cpu_s"] / 60
+    fit = fit_power_law(minutes, run["test_elbo"])
+    if fit is None:
+        return fit, math.nan
+    a, b, c = fit
+    return fit, a + b * budget_minutes ** -c
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("runs", nargs="+", help="run folders with curve.csv and config.json")
+    p.add_argument("--title", default="recipes")
+    p.add_argument("--png", default=None, help="write the figure here")
+    p.add_argument("--collect", default=None,
+                   help="copy each run's curve.csv and config.json into this folder first")
+    p.add_argument("--budget-minutes", type=float, default=180.0,
+                   help="CPU-minutes at which the recipes are compared")
+    args = p.parse_args(argv)
+    try:
+        runs = [read_run(r) for r in args.runs]
+    except (OSError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.collect:
+        for r, folder in zip(runs, args.runs):
+            dest = os.path.join(args.collect, r["name"])
+            os.makedirs(dest, exist_ok=True)
+            for name in ("curve.csv", "config.json"):
+                shutil.copyfile(os.path.join(folder, name), os.path.join(dest, name))
+
+    print(f"{args.title}: held-out ELBO (bits/dim, EMA weights) against CPU-minutes")
+    print("| run | recipe | CPU-min | held-out ELBO | train ELBO | fit a + b t^-c | "
+          f"at {args.budget_minutes:g} CPU-min |")
+    print("|---|---|---|---|---|---|---|")
+    best = None
+    for r in runs:
+        fit, at_budget = extrapolate(r, args.budget_minutes)
+        r["fit"], r["at_budget"] = fit, at_budget
+        fit_s = "-" if fit is None else f"{fit[0]:.3f} + {fit[1]:.3f} t^-{fit[2]:.2f}"
+        print(f"| {r['name']} | {describe(r['config'])} | {r['cpu_s'][-1] / 60:.1f} | "
+              f"{r['test_elbo'][-1]:.4f} | {r['train_elbo'][-1]:.4f} | {fit_s} | "
+              f"{at_budget:.3f} |")
+        if math.isfinite(at_budget) and (best is None or at_budget < best["at_budget"]):
+            best = r
+    if best is not None:
+        print(f"choice: {best['name']} (lowest extrapolated held-out ELBO at "
+              f"{args.budget_minutes:g} CPU-minutes: {best['at_budget']:.3f})")
+
+    if args.png:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(7.5, 4.8))
+        for r in runs:
+            minutes = r["cpu_s"] / 60
+            line, = ax.plot(minutes, r["test_elbo"], "o-", ms=3,
+                            label=f"{r['name']}: {describe(r['config'])}")
+            if r["fit"] is not None:
+                a, b, c = r["fit"]
+                t = np.linspace(max(minutes[0], 1.0), args.budget_minutes, 200)
+                ax.plot(t, a + b * t ** -c, ":", color=line.get_color(), lw=1)
+        ax.set_xlabel("CPU-minutes of training (evaluation excluded)")
+        ax.set_ylabel("held-out -ELBO (bits/dim)")
+        ax.set_title(f"{args.title}: dots measured, dotted = fit extrapolated")
+        lo = min(r["test_elbo"].min() for r in runs)
+        hi = np.percentile(np.concatenate([r["test_elbo"] for r in runs]), 90)
+        ax.set_ylim(lo - 0.1 * (hi - lo) - 0.02, hi)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6.5, loc="upper right")
+        fig.tight_layout()
+        os.makedirs(os.path.dirname(os.path.abspath(args.png)), exist_ok=True)
+        fig.savefig(args.png, dpi=120)
+        print(f"wrote {args.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""scripts/plot_recipes.py: reads curves, extrapolates, chooses, plots."""
+import json
+import os
+import sys
+
+import numpy as np
+
+from conftest import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import plot_recipes  # noqa: E402
+
+
+def write_run(folder, a, b, c, width):
+    os.makedirs(folder)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(dict(width=width, batch=128, lr=2e-3), f)
+    with open(os.path.join(folder, "curve.csv"), "w") as f:
+        f.write("step,epoch,images,wall_s,cpu_s,threads,world_size,lr,train_elbo,test_elbo,test_images\n")
+        for i, minutes in enumerate(np.arange(2.5, 25, 2.5)):
+            e = a + b * minutes ** -c
+            f.write(f"{i},0,{i * 128},{minutes * 60},{minutes * 60},1,1,2e-3,{e - 0.1},{e},2000\n")
+
+
+def test_extrapolation_picks_the_recipe_that_ends_lowest(tmp_path, capsys):
+    # "fast" is lower during the measured 20 minutes, "slow" ends lower at 180
+    write_run(tmp_path / "fast", a=1.20, b=1.0, c=1.0, width=32)
+    write_run(tmp_path / "slow", a=1.00, b=2.0, c=0.6, width=61)
+    png = tmp_path / "curves.png"
+    assert plot_recipes.main([str(tmp_path / "fast"), str(tmp_path / "slow"), "--png", str(png),
+                              "--collect", str(tmp_path / "kept")]) == 0
+    out = capsys.readouterr().out
+    assert "choice: slow" in out
+    run = plot_recipes.read_run(str(tmp_path / "slow"))
+    fit, at_180 = plot_recipes.extrapolate(run, 180)
+    assert np.allclose(fit, (1.00, 2.0, 0.6), atol=1e-3)
+    assert abs(at_180 - (1.0 + 2.0 * 180 ** -0.6)) < 1e-3
+    assert png.stat().st_size > 10_000
+    assert sorted(os.listdir(tmp_path / "kept" / "slow")) == ["config.json", "curve.csv"]
+
+
+def test_a_folder_without_a_curve_is_refused(tmp_path, capsys):
+    assert plot_recipes.main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error:")
