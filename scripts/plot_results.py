@@ -6,7 +6,7 @@ Reads what the *_compress.py scripts wrote under RESULTS/{dataset}{nz}/
 ({bitswap,bbans}_{q}bits_{cmas,elbos,terms}.npy) and draws:
 * ``{dataset}_cma.png``: the paper's cumulative-moving-average figure, one
   panel per nz: Bit-Swap CMA vs BB-ANS CMA vs the -ELBO (mean over
-  experiments, bits/dim, initial bits included) over the number of images;
+  experiments, bits/dim, the paper's initial bits included) over the number of images;
 * ``{dataset}_layers.png``: stack plot of the per-layer contributions to the
   -ELBO (reconstruction and the KL of every latent layer), mean over images,
   one column per nz.
@@ -48,7 +48,7 @@ def cma_figure(results, dataset, nzs, quantbits, path):
             ax.axhline(np.nanmean(elbo), color="k", lw=0.8, ls=":", label="-ELBO")
         ax.set_title(f"{dataset}, {nz} latent layer{'s' if nz > 1 else ''}")
         ax.set_xlabel("images compressed")
-        ax.set_ylabel("bits/dim (CMA incl. initial bits)")
+        ax.set_ylabel("bits/dim (CMA incl. initial bits, paper's definition)")
         ax.set_xscale("log")
         ax.legend() if ax.lines else ax.text(0.5, 0.5, "no results", ha="center",
                                              transform=ax.transAxes)
