@@ -418,7 +418,7 @@ class ModelRun:
                             roundtrip_bits_per_dim=round(bpd, 4),
                             roundtrip_net_bits_per_dim=round(float(res["nets"].mean()), 4))
         self.log(f"{self.name}: Bit-Swap round trip of {chains.shape[0] * chains.shape[1]} held-out "
-                 f"images on the CPU exact; {bpd:.3f} bits/dim with the initial bits, net "
+                 f"images on the CPU exact; {bpd:.3f} bits/dim with the paper's initial bits, net "
                  f"{res['nets'].mean():.3f}")
 
     # -- the archive ----------------------------------------------------
