@@ -5,7 +5,8 @@ run's `config.json`. The script plots every run's held-out ELBO (EMA
 weights) against CPU-minutes, fits `elbo(t) = a + b * t**-c` to each curve
 past its first few minutes, extrapolates it to the budget (`--budget-minutes`),
 and names the recipe with the lowest extrapolated held-out ELBO: the recipe to
-continue. With `--collect DIR` it first copies each run's two files into
+continue. When some curve is too short to fit, the choice falls back to the
+lowest held-out ELBO at the largest CPU budget that every run reached. With `--collect DIR` it first copies each run's two files into
 `DIR/<run name>/`, so the committed figure can be regenerated from committed
 data (`python scripts/plot_recipes.py DIR/*`).
 
@@ -78,6 +79,11 @@ def extrapolate(run, budget_minutes):
     return fit, a + b * budget_minutes ** -c
 
 
+def at_minutes(run, minutes):
+    """Held-out ELBO interpolated at `minutes` CPU-minutes (within the curve)."""
+    return float(np.interp(minutes, run["cpu_s"] / 60, run["test_elbo"]))
+
+
 def main(argv=None):
     p = cli.parser("plot_recipes.py", __doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="run folders with curve.csv and config.json")
@@ -100,23 +106,29 @@ def main(argv=None):
             for name in ("curve.csv", "config.json"):
                 shutil.copyfile(os.path.join(folder, name), os.path.join(dest, name))
 
+    # every run measured up to at least this many CPU-minutes
+    common = min(r["cpu_s"][-1] / 60 for r in runs)
     print(f"{args.title}: held-out ELBO (bits/dim, EMA weights) against CPU-minutes")
-    print("| run | recipe | CPU-min | held-out ELBO | train ELBO | fit a + b t^-c | "
-          f"at {args.budget_minutes:g} CPU-min |")
-    print("|---|---|---|---|---|---|---|")
-    best = None
+    print(f"| run | recipe | CPU-min | held-out ELBO | train ELBO | at {common:.1f} CPU-min | "
+          f"fit a + b t^-c | at {args.budget_minutes:g} CPU-min |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in runs:
         fit, at_budget = extrapolate(r, args.budget_minutes)
         r["fit"], r["at_budget"] = fit, at_budget
+        r["at_common"] = at_minutes(r, common)
         fit_s = "-" if fit is None else f"{fit[0]:.3f} + {fit[1]:.3f} t^-{fit[2]:.2f}"
         print(f"| {r['name']} | {describe(r['config'])} | {r['cpu_s'][-1] / 60:.1f} | "
-              f"{r['test_elbo'][-1]:.4f} | {r['train_elbo'][-1]:.4f} | {fit_s} | "
-              f"{at_budget:.3f} |")
-        if math.isfinite(at_budget) and (best is None or at_budget < best["at_budget"]):
-            best = r
-    if best is not None:
+              f"{r['test_elbo'][-1]:.4f} | {r['train_elbo'][-1]:.4f} | {r['at_common']:.4f} | "
+              f"{fit_s} | {at_budget:.3f} |")
+    if all(math.isfinite(r["at_budget"]) for r in runs):
+        best = min(runs, key=lambda r: r["at_budget"])
         print(f"choice: {best['name']} (lowest extrapolated held-out ELBO at "
               f"{args.budget_minutes:g} CPU-minutes: {best['at_budget']:.3f})")
+    else:
+        best = min(runs, key=lambda r: r["at_common"])
+        print(f"choice: {best['name']} (lowest held-out ELBO at {common:.1f} CPU-minutes, the "
+              f"budget every run reached: {best['at_common']:.4f}; too few points past the first "
+              f"minutes to extrapolate every curve)")
 
     if args.png:
         import matplotlib

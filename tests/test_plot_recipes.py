@@ -42,3 +42,16 @@ def test_extrapolation_picks_the_recipe_that_ends_lowest(tmp_path, capsys):
 def test_a_folder_without_a_curve_is_refused(tmp_path, capsys):
     assert plot_recipes.main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error:")
+
+
+def test_short_curves_are_compared_at_the_budget_every_run_reached(tmp_path, capsys):
+    write_run(tmp_path / "long", a=1.20, b=1.0, c=1.0, width=32)
+    short = tmp_path / "short"
+    write_run(short, a=1.0, b=1.0, c=1.0, width=48)
+    lines = (short / "curve.csv").read_text().splitlines()
+    (short / "curve.csv").write_text("\n".join(lines[:3]) + "\n")     # 2.5 and 5 minutes only
+    assert plot_recipes.main([str(tmp_path / "long"), str(short)]) == 0
+    out = capsys.readouterr().out
+    assert "choice: short" in out and "at 5.0 CPU-minutes" in out
+    run = plot_recipes.read_run(str(tmp_path / "long"))
+    assert abs(plot_recipes.at_minutes(run, 3.75) - (1.2 + (1 / 2.5 + 1 / 5) / 2)) < 1e-9
