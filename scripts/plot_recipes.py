@@ -143,7 +143,8 @@ def main(argv=None):
                 a, b, c = r["fit"]
                 t = np.linspace(max(minutes[0], 1.0), args.budget_minutes, 200)
                 ax.plot(t, a + b * t ** -c, ":", color=line.get_color(), lw=1)
-        ax.set_xlabel("CPU-minutes of training (evaluation excluded)")
+        ax.set_xscale("log")
+        ax.set_xlabel("CPU-minutes of training, log scale (evaluation excluded)")
         ax.set_ylabel("held-out -ELBO (bits/dim)")
         ax.set_title(f"{args.title}: dots measured, dotted = fit extrapolated")
         lo = min(r["test_elbo"].min() for r in runs)
