@@ -309,3 +309,55 @@ class DiscretizedLogistic(LogisticBins):
         if mu.ndim == 0:
             mu, scale = mu[None], scale[None]
         super().__init__(mu, scale, PIXEL_BINS, precision)
+
+
+class FixedCategorical:
+    """Symbols 0..n-1 with fixed integer frequencies (each >= 1, total <=
+    2^p): the coder's side information (per-block flags, counts, indices)
+    and stored raw bytes (``uniform(256)``: exactly 8 bits per byte).
+    Frequencies not summing to 2^p leave the top of the range unused; a pop
+    that lands there is a damaged message (ValueError).  Symbols of any
+    shape, coded like the other codecs' (flat, C order, on an
+    InterleavedMessage)."""
+
+    def __init__(self, freqs, precision=ans.DEFAULT_PRECISION):
+        freqs = np.asarray(freqs, dtype=np.int64).reshape(-1)
+        self.precision = ans._check_precision(precision)
+        if freqs.size < 1 or freqs.min() < 1 or freqs.sum() > (1 << self.precision):
+            raise ValueError(f"frequencies must be >= 1 and sum to at most 2^{self.precision}")
+        self.freqs = freqs
+        self.n = freqs.size
+        self.cum = np.concatenate([[0], np.cumsum(freqs)])
+
+    @classmethod
+    def uniform(cls, n, precision=ans.DEFAULT_PRECISION):
+        """n equally likely symbols (log2(n) bits each when n is a power of 2)."""
+        if not 1 <= n <= (1 << precision):
+            raise ValueError(f"uniform over {n} symbols does not fit precision {precision}")
+        return cls(np.full(n, (1 << precision) // n), precision)
+
+    def bits(self, symbol):
+        """Exact cost of one symbol in bits."""
+        return self.precision - float(np.log2(self.freqs[symbol]))
+
+    def push(self, message, symbols):
+        s = np.asarray(symbols)
+        if s.dtype.kind not in "iu" or (s.size and (s.min() < 0 or s.max() >= self.n)):
+            raise ValueError(f"symbols must be integers in [0, {self.n - 1}]")
+        if message.precision != self.precision:
+            raise ValueError(f"codec precision {self.precision} != message precision {message.precision}")
+        s = s.astype(np.int64)
+        message.push(self.cum[s], self.freqs[s])
+
+    def pop(self, message, shape=(1,)):
+        if message.precision != self.precision:
+            raise ValueError(f"codec precision {self.precision} != message precision {message.precision}")
+        n = message.to_steps(np.empty(shape, dtype=np.int8))[1]
+        flat = message._pop_steps(n, self._lookup)
+        return message.from_steps(flat, n, shape)
+
+    def _lookup(self, sl, cf):
+        k = np.searchsorted(self.cum, cf.astype(np.int64), side="right") - 1
+        if (k >= self.n).any():
+            raise ValueError("not a symbol of this codec (damaged message)")
+        return k, self.cum[k].astype(np.uint64), self.freqs[k].astype(np.uint64)
