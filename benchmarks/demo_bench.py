@@ -243,10 +243,33 @@ def portability(model, photos, nblocks):
             b_ = "-" if run64 is None else str(beyond)
             print(f"{name:24s} {d32:14.1e} {f'{changed32}/{n}':>19s} {rows32 / rows:17.2e} "
                   f"{f64:>14s} {b_:>17s} {g:>19s}")
+        grid_bits = rounding_cost(model, coder, blocks, base64)
+    print(f"cost of the grid: {grid_bits:.2e} bits/dim (code length of x under p(x|z1) and of z1 under "
+          "p(z1|z2) at the posterior means, rounded against unrounded outputs, same symbols)")
     print(f"fragile outputs (listed in the message): {fragile} of {total} "
           f"({fragile / total:.2e}; expected 2^-{imagecodec.MARGIN_BITS - imagecodec.GRID_BITS - 1} "
           f"= {2.0 ** -(imagecodec.MARGIN_BITS - imagecodec.GRID_BITS - 1):.2e})")
     cost(model, photos[:1])
+
+
+def _code_bits(model, call, out, symbols):
+    c = _int_tables(model, call, out)
+    c = np.concatenate([np.zeros((c.shape[0], 1), np.int64), c + np.arange(1, c.shape[1] + 1),
+                        np.full((c.shape[0], 1), 1 << imagecodec.PRECISION)], axis=1)
+    rows = np.arange(c.shape[0])
+    return float(-np.log2((c[rows, symbols + 1] - c[rows, symbols]) / 2.0 ** imagecodec.PRECISION).sum())
+
+
+def rounding_cost(model, coder, blocks, outputs):
+    """Extra bits/dim of coding the same symbols with grid-rounded tables."""
+    extra = 0.0
+    for b, out in zip(blocks, outputs):
+        mu1 = out[0][:out[0].size // 2]
+        z1 = np.array([np.searchsorted(model.bins.layers[0].endpoints[d], m) for d, m in enumerate(mu1)])
+        for call, symbols in [(2, b.reshape(-1).astype(np.int64)), (3, z1)]:
+            rounded, _ = coder._to_grid(out[call], None)
+            extra += _code_bits(model, call, rounded, symbols) - _code_bits(model, call, out[call], symbols)
+    return extra / (len(blocks) * blocks[0].size)
 
 
 def cost(model, photos):

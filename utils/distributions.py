@@ -15,8 +15,8 @@ Invariant of the codecs: encoder and decoder form every integer CDF value
 with the same function, the same float64 inputs and the same elementwise
 numpy operations, so the integers agree bit for bit on one machine and numpy
 build.  (Across machines this relies on numpy's float64 exp being the same
-function on both; messages meant to travel between machines should be
-decoded by the same software stack that encoded them.)
+function on both, and on the parameters being equal: the demo codec rounds
+the network outputs to a grid for that, utils/bitsback.py.)
 
 Integer CDF of K bins at precision p:  C(k) = floor(F(e_k) * (2^p - K)) + k,
 C(0) = 0, C(K) = 2^p, with F the continuous CDF at the inner endpoint e_k.
