@@ -30,7 +30,8 @@ Invariants:
   grid with a margin check (utils/bitsback.py, ``GRID_BITS``/``MARGIN_BITS``),
   so the quantized tables do not depend on the order of the floating-point
   sums (threads, batch layout, memory layout, convolution algorithm, CPU
-  family, CPU or CUDA).  A block whose outputs are too often near a grid
+  family, CPU or CUDA).  Torch still runs one thread while coding (for
+  speed on shared CPUs; the tables do not need it).  A block whose outputs are too often near a grid
   boundary is stored raw.
 * A file that cannot be decoded with the given model (another model, an
   inconsistent header, a damaged message) is BadInput with a one-line
