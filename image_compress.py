@@ -53,7 +53,7 @@ def print_table(rows, dims, result):
             print(f"{label:<18}{bits:>12d}{bits / dims:>10.3f}{base / bits:>8.2f}")
     if result.storage == "raw":
         print(f"Bit-Swap file = the raw pixels + {len(result.data) - dims} bytes of container: the "
-              f"Bit-Swap message ({result.message_bits} bits) was not smaller")
+              f"ANS message ({result.message_bytes} bytes) was not smaller than the {dims} raw bytes")
     else:
         print(f"Bit-Swap file = ANS message {result.message_bits} bits (incl. {result.initial_bits} "
               f"initial bits borrowed, {result.head_bits} bits of final heads of {result.lanes} lanes) "

@@ -114,6 +114,7 @@ class EncodeResult:
     data: bytes                 # the container
     storage: str                # "bitswap" (ANS message) or "raw" (pixel bytes)
     message_bits: int           # ANS message size (bits), also when not stored
+    message_bytes: int          # the serialized message (bytes), also when not stored
     initial_bits: int           # bits borrowed from the seeded initial stack
     head_bits: int              # final heads of the interleaved lanes
     blocks: int
@@ -160,11 +161,12 @@ def compress(image, mode, model, quiet=True, fallback=True):
                 raw_blocks += 1
             bar.update()
     body = msg.to_bytes()
+    message_bytes = len(body)
     storage = "bitswap"
     if fallback and len(body) >= image.size:
         storage, body = "raw", np.ascontiguousarray(image).tobytes()
     data = container.pack(_header(image, mode, model, storage), body)
-    return EncodeResult(data=data, storage=storage, message_bits=msg.bits(),
+    return EncodeResult(data=data, storage=storage, message_bits=msg.bits(), message_bytes=message_bytes,
                         initial_bits=32 * msg.borrowed_words, head_bits=int(msg.head_bits().sum()),
                         blocks=len(order), raw_blocks=raw_blocks, lanes=msg.lanes,
                         fragile_outputs=coder.fragile_outputs)
