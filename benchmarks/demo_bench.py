@@ -244,12 +244,46 @@ def portability(model, photos, nblocks):
             print(f"{name:24s} {d32:14.1e} {f'{changed32}/{n}':>19s} {rows32 / rows:17.2e} "
                   f"{f64:>14s} {b_:>17s} {g:>19s}")
         grid_bits = rounding_cost(model, coder, blocks, base64)
+    numpy_simd(model, coder, base64)
     print(f"cost of the grid: {grid_bits:.2e} bits/dim (code length of x under p(x|z1) and of z1 under "
           "p(z1|z2) at the posterior means, rounded against unrounded outputs, same symbols)")
     print(f"fragile outputs (listed in the message): {fragile} of {total} "
           f"({fragile / total:.2e}; expected 2^-{imagecodec.MARGIN_BITS - imagecodec.GRID_BITS - 1} "
           f"= {2.0 ** -(imagecodec.MARGIN_BITS - imagecodec.GRID_BITS - 1):.2e})")
     cost(model, photos[:1])
+
+
+def numpy_simd(model, coder, outputs):
+    """The tables are built in numpy float64; its exp has SIMD kernels per
+    CPU family (AVX-512, AVX2, baseline).  Build the portable coder's tables
+    in a process with numpy's dispatched kernels disabled and compare."""
+    import subprocess
+    from numpy._core._multiarray_umath import __cpu_dispatch__
+    rounded = [[coder._to_grid(o, None)[0] for o in out] for out in outputs]
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(os.path.join(tmp, "out.npy"), np.array(rounded, dtype=object), allow_pickle=True)
+        code = ("import sys, numpy as np; sys.path.insert(0, sys.argv[1]); from benchmarks import demo_bench; "
+                "from utils import imagecodec; m = imagecodec.load_codec_model(sys.argv[3], 'cpu'); "
+                "out = np.load(sys.argv[2] + '/out.npy', allow_pickle=True); "
+                "np.save(sys.argv[2] + '/tables.npy', np.array([[demo_bench._int_tables(m, c, o) "
+                "for c, o in enumerate(b)] for b in out], dtype=object), allow_pickle=True)")
+        env = dict(os.environ, NPY_DISABLE_CPU_FEATURES=" ".join(__cpu_dispatch__))
+        done = subprocess.run([sys.executable, "-c", code, package.REPO_ROOT, tmp, model.source],
+                              env=env, capture_output=True, text=True)
+        if done.returncode:
+            print(f"numpy without SIMD kernels: could not run ({done.stderr.strip().splitlines()[-1]})")
+            return
+        theirs = np.load(os.path.join(tmp, "tables.npy"), allow_pickle=True)
+    entries = changed_entries = changed_tables = 0
+    for out, their in zip(rounded, theirs):
+        for call, (o, t) in enumerate(zip(out, their)):
+            mine = _int_tables(model, call, o)
+            diff = int((mine != t).sum())
+            entries += mine.size
+            changed_entries += diff
+            changed_tables += diff > 0
+    print(f"numpy float64 tables without its dispatched SIMD kernels ({' '.join(__cpu_dispatch__) or 'none'}): "
+          f"{changed_tables} of {4 * len(rounded)} tables, {changed_entries} of {entries} integer CDF values changed")
 
 
 def _code_bits(model, call, out, symbols):

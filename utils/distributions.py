@@ -28,6 +28,9 @@ integer binary search for the lanes the guess missed).  Encoder and decoder
 run the same function (_cdf) on the same float64 inputs, so their integers
 are bit-identical.
 """
+import decimal
+import functools
+
 import numpy as np
 
 from utils import ans
@@ -51,12 +54,28 @@ def prior_bins(quantbits):
     """Equal-mass bins of Logistic(0, 1) with 2^quantbits bins.
 
     Returns (inner endpoints, shape (2^q - 1,): quantiles at k / 2^q;
-    centres, shape (2^q,): quantiles at (k + 0.5) / 2^q), float64."""
+    centres, shape (2^q,): quantiles at (k + 0.5) / 2^q), float64.
+
+    Computed with Python's decimal arithmetic (software, the same on every
+    machine) rather than numpy's log, whose SIMD kernels differ in the last
+    bit between CPU families: the bins must be the same float64 numbers
+    wherever a file is decoded (they are part of a model's identity)."""
     if not isinstance(quantbits, (int, np.integer)) or not 1 <= quantbits <= 20:
         raise ValueError(f"quantbits must be an integer in [1, 20], got {quantbits!r}")
-    K = 1 << int(quantbits)
-    k = np.arange(K, dtype=np.float64)
-    return logistic_quantile(k[1:] / K), logistic_quantile((k + 0.5) / K)
+    ends, centres = _prior_bins(int(quantbits))
+    return ends.copy(), centres.copy()
+
+
+@functools.lru_cache(maxsize=None)
+def _prior_bins(quantbits):
+    K = 1 << quantbits
+    with decimal.localcontext() as ctx:
+        ctx.prec = 40
+        ln = [decimal.Decimal(n).ln() for n in range(2 * K + 1)]      # ln(0) = -inf, unused
+        # logit(a / b) = ln(a) - ln(b - a), with b = K (endpoints) or 2K (centres)
+        ends = [float(ln[k] - ln[K - k]) for k in range(1, K)]
+        centres = [float(ln[2 * k + 1] - ln[2 * K - 2 * k - 1]) for k in range(K)]
+    return np.array(ends, dtype=np.float64), np.array(centres, dtype=np.float64)
 
 
 def _as_float_array(name, a):
