@@ -10,7 +10,6 @@ shapes (the residual layers: most of the arithmetic) with nothing else, and
 prints the images/s a step could reach if everything else were free: an
 upper bound set by this CPU's convolution kernels.
 """
-import argparse
 import os
 import statistics
 import sys
@@ -23,11 +22,13 @@ import torch  # noqa: E402
 
 from model import train as T  # noqa: E402
 from model.distributed import Distributed  # noqa: E402
+from utils import cli  # noqa: E402
 from utils.data import ArrayImages  # noqa: E402
+from utils.device import device_from_args  # noqa: E402
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.parser("train_bench.py", __doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--nz", type=int, default=8)
     p.add_argument("--width", type=int, default=None)
@@ -36,7 +37,7 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default="cpu")
+    cli.add_device_argument(p)
     p.add_argument("--channels-last", action="store_true",
                    help="hidden activations in channels_last (HVAE.channels_last)")
     p.add_argument("--ceiling", action="store_true",
@@ -45,7 +46,7 @@ def main():
     if a.threads:
         torch.set_num_threads(a.threads)
     cfg, args = T.parse_args(a.dataset, ["--nz", str(a.nz), "--batch", str(a.batch),
-                                         "--device", a.device, "--init-batches", "1",
+                                         "--device", str(device_from_args(a)), "--init-batches", "1",
                                          "--out", "/nonexistent"]
                              + (["--width", str(a.width)] if a.width else []))
     rng = np.random.default_rng(0)

@@ -1,9 +1,14 @@
 """Process-group set-up for data-parallel training.
 
-Engines, chosen by `setup(enabled)`:
+Engines, chosen by `setup(enabled, engine=...)` (the --dist and --dist-engine
+flags):
   * single process (enabled False, or a world of one);
-  * Horovod, when `horovod.torch` imports (as in the paper);
-  * torch.distributed otherwise: NCCL on GPUs, gloo on CPU.
+  * Horovod (as in the paper): engine "horovod", or "auto" when an MPI
+    launcher (`mpiexec`, `horovodrun`) started the ranks and Horovod is
+    installed. A Horovod that is installed but fails to import is an error,
+    never a silent switch to torch.distributed;
+  * torch.distributed otherwise (always under `torchrun`): NCCL on GPUs,
+    gloo on CPU.
 Rank and world size come from the torch launcher (`torchrun`: RANK,
 WORLD_SIZE, LOCAL_RANK) or from Open MPI's environment (`mpiexec`:
 OMPI_COMM_WORLD_RANK/SIZE/LOCAL_RANK); the rendezvous address defaults to
@@ -13,14 +18,16 @@ Invariant: every rank holds identical parameters; gradients are averaged in
 one flat all-reduce per step whose buffer also carries the loss and a stop
 flag, so all ranks agree on NaN detection and on when to stop.
 """
+import importlib.util
 import os
 
 import torch
 import torch.distributed as tdist
 
 
-def _launcher_env():
-    """(rank, world_size, local_rank) from torchrun or Open MPI, else None."""
+def launcher_env():
+    """(rank, world_size, local_rank) from torchrun or Open MPI (or MPICH),
+    else None: the one launcher detection of training and compression."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
@@ -32,12 +39,55 @@ def _launcher_env():
     return None
 
 
+ENGINES = ("auto", "horovod", "torch")
+
+
+class DistributedSetupError(RuntimeError):
+    """The process group cannot be formed as asked (a one-line message)."""
+
+
 def _import_horovod():
+    """`horovod.torch`, or None when Horovod is not installed.
+
+    Installed but unusable (an extension built against another torch, a
+    missing MPI library, no PyTorch support) raises DistributedSetupError:
+    quietly falling back would run an mpiexec job on another engine than the
+    one its author installed."""
+    if importlib.util.find_spec("horovod") is None:
+        return None
     try:
         import horovod.torch as hvd
-    except Exception:  # ImportError, or a Horovod built against another torch
-        return None
+    except Exception as e:
+        raise DistributedSetupError(
+            f"Horovod is installed but `import horovod.torch` fails: {type(e).__name__}: {e} "
+            "(rebuild it with `bash scripts/install_horovod.sh`, uninstall it, "
+            "or pass --dist-engine torch)") from e
     return hvd
+
+
+def _mpi_launched():
+    """Started by an MPI launcher (mpiexec/mpirun, also under horovodrun) or by
+    horovodrun's gloo mode: the launchers Horovod can join. torchrun's own
+    variables win, as in `_launcher_env`."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return False
+    return any(k in env for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "HOROVOD_SIZE"))
+
+
+def _pick_engine(requested):
+    """("horovod", hvd) or ("torch", None) for --dist-engine `requested`."""
+    if requested not in ENGINES:
+        raise ValueError(f"--dist-engine must be one of {', '.join(ENGINES)}, not {requested!r}")
+    if requested == "torch" or (requested == "auto" and not _mpi_launched()):
+        return "torch", None
+    hvd = _import_horovod()
+    if hvd is not None:
+        return "horovod", hvd
+    if requested == "horovod":
+        raise DistributedSetupError("--dist-engine horovod but Horovod is not installed "
+                                    "(build it with `bash scripts/install_horovod.sh`)")
+    return "torch", None
 
 
 class Distributed:
@@ -106,18 +156,19 @@ class Distributed:
             self._hvd.shutdown()
 
 
-def setup(enabled, use_cuda=False):
-    """Join the process group when `enabled` (the --dist flag)."""
+def setup(enabled, use_cuda=False, engine="auto"):
+    """Join the process group when `enabled` (the --dist flag) with `engine`
+    (the --dist-engine flag: auto, horovod or torch)."""
     if not enabled:
         return Distributed()
-    hvd = _import_horovod()
-    if hvd is not None:
+    engine, hvd = _pick_engine(engine)
+    if engine == "horovod":
         hvd.init()
         return Distributed("horovod", hvd.rank(), hvd.size(), hvd.local_rank(), hvd)
-    launched = _launcher_env()
+    launched = launcher_env()
     if launched is None:
-        raise RuntimeError("--dist=1 but no launcher found: start with `torchrun --nproc_per_node=N "
-                           "...` or `mpiexec -np N ...` (or pass --dist=0)")
+        raise DistributedSetupError("--dist=1 but no launcher found: start with `torchrun "
+                                    "--nproc_per_node=N ...` or `mpiexec -np N ...` (or pass --dist=0)")
     rank, world, local = launched
     if world == 1:
         return Distributed("none", 0, 1, 0)

@@ -35,6 +35,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 
 import numpy as np
@@ -63,7 +64,7 @@ class TrainingError(cli.RunFailure):
 # training checkpoint, the value that run used.
 SETTINGS = [
     ("--nz", int, "nz", "number of latent layers"),
-    ("--width", int, "width", "channels of every convolution (paper: depends on --nz)"),
+    ("--width", int, "width", "channels of every convolution"),
     ("--zchannels", int, "zchannels", "channels per latent layer"),
     ("--nprocessing", int, "nprocessing", "5x5 residual layers at the pixel side"),
     ("--blocks", int, "blocks", "residual layers dealt over the latent layers (resdepth)"),
@@ -77,8 +78,8 @@ SETTINGS = [
     ("--interval", int, "interval", "evaluate with EMA weights every N epochs"),
     ("--seed", int, "seed", "seed of the initial weights and the data order"),
     ("--patches-per-image", int, "patches_per_image",
-     "imagenetcrop: random 32x32 patches per image file and epoch (paper: 1; use more for a "
-     "small photo collection)"),
+     "imagenetcrop: random 32x32 patches per image file and epoch (more for a small photo "
+     "collection)"),
     ("--init-batches", int, "init_batches", "batches stacked for the data-dependent init"),
 ]
 ARCHITECTURE_FLAGS = ("--nz", "--width", "--zchannels", "--nprocessing", "--blocks", "--kernel")
@@ -97,11 +98,16 @@ def parse_args(dataset, argv=None):
     a = p.add_argument
     for flag, kind, name, text in SETTINGS:
         value = getattr(paper, name)
+        value = int(value) if name == "schedule" else value
         a(flag, type=kind, dest=name, default=None,
           choices=(0, 1) if name == "schedule" else None,
-          help=f"{text} (paper: {int(value) if name == 'schedule' else value})")
+          help=f"{text} (paper: {value}" + (f" at nz={paper.nz}, other nz: their own)"
+                                            if name == "width" else ")"))
     a("--dist", type=int, default=0, choices=(0, 1),
-      help="1: data-parallel over the ranks of mpiexec/torchrun (Horovod if installed)")
+      help="1: data-parallel over the ranks of mpiexec/torchrun")
+    a("--dist-engine", default="auto", choices=distributed.ENGINES, dest="dist_engine",
+      help="with --dist=1: auto (Horovod under mpiexec when installed, else "
+           "torch.distributed), horovod, or torch")
     cli.add_device_argument(p)
     a("--data-root", default="data", help="folder holding the datasets (see utils/data.py)")
     a("--download", action="store_true", help="download MNIST / CIFAR-10 through torchvision")
@@ -135,11 +141,13 @@ def parse_args(dataset, argv=None):
              if getattr(args, name) is not None}
     if "schedule" in given:
         given["schedule"] = bool(given["schedule"])
-    args.resume_checkpoint = None
+    args.resume_checkpoint = args.resume_weights = None
     saved = resumed_settings(dataset, args)
     if saved is not None:
         base = {k: v for k, v in saved.items() if k != "dataset"}
         cfg = config_for(dataset, **{**base, **given})
+    elif args.resume:      # weights to start from: their architecture, the paper's training
+        cfg = config_for(dataset, **{**starting_architecture(dataset, args), **given})
     else:
         cfg = config_for(dataset, **given)
     if args.out is None:
@@ -169,6 +177,27 @@ def resumed_settings(dataset, args):
                        f"model/{saved['dataset']}_train.py")
     args.resume_checkpoint = (path, obj)
     return saved
+
+
+def starting_architecture(dataset, args):
+    """The architecture settings of --resume's weights (a package, a shipped
+    name, a state dict such as the authors' files), so that starting from
+    them needs no architecture flags; the weights are kept in
+    args.resume_weights."""
+    from model.hvae import HVAE
+    got = package.read_weights(args.resume)
+    if got["dataset"] not in (None, dataset):
+        raise BadInput(f"--resume {args.resume} is a {got['dataset']} model, not {dataset}")
+    arch = got["architecture"]
+    if arch is None:
+        try:
+            arch = HVAE.architecture_from_state_dict(got["state"])
+        except ValueError as exc:
+            raise BadInput(f"--resume {args.resume}: {exc}") from None
+    args.resume_weights = got
+    return dict(xs=tuple(arch["xs"]), nz=arch["nz"], zchannels=arch["zchannels"],
+                width=arch["width"], nprocessing=arch["nprocessing"], blocks=arch["resdepth"],
+                kernel=arch["kernel"], conditional_xscale=arch["conditional_xscale"])
 
 
 # ---- schedule, EMA --------------------------------------------------------
@@ -408,7 +437,7 @@ class Trainer:
                 resumed = True
                 self._say(f"resumed {path} at epoch {self.epoch}, step {self.step}")
             else:   # weights to start from: a package, a state dict (the authors' files)
-                got = package.read_weights(args.resume)
+                got = args.resume_weights or package.read_weights(args.resume)
                 package.fit_state_dict(self.model, got["state"], got["source"])
                 self._say(f"starting from the weights in {got['source']}")
         else:
@@ -540,10 +569,8 @@ class Trainer:
         self._check_out_dir()
         self.start()
         if dist.is_root:  # the recipe, readable without loading the checkpoint
-            os.makedirs(self.out, exist_ok=True)
-            with open(os.path.join(self.out, "config.json"), "w") as f:
-                json.dump(dict(cfg.to_dict(), threads=torch.get_num_threads(),
-                               world_size=dist.world_size), f, indent=1)
+            cli.write_atomic(os.path.join(self.out, "config.json"), json.dumps(dict(
+                cfg.to_dict(), threads=torch.get_num_threads(), world_size=dist.world_size), indent=1))
         logger = Logger(args.log_dir, dist.is_root)
         t0 = last_ckpt = time.time()
         per_epoch = self.sampler.batches_per_epoch
@@ -703,12 +730,25 @@ def main(dataset, argv=None):
             cfg, args = parse_args(dataset, argv)
         except ValueError as e:           # the configuration's own checks
             raise BadInput(str(e)) from None
-        dist = distributed.setup(args.dist, use_cuda=args.device != "cpu" and torch.cuda.is_available())
+        try:
+            dist = distributed.setup(args.dist, engine=args.dist_engine,
+                                     use_cuda=args.device != "cpu" and torch.cuda.is_available())
+        except distributed.DistributedSetupError as e:  # no launcher, Horovod missing or broken
+            raise BadInput(str(e)) from None
         set_threads(args, dist)
         try:
             Trainer(cfg, args, dist).run()
         except DataNotFoundError as e:
             raise BadInput(str(e)) from None
+        except Exception as e:
+            # an unexpected error keeps its traceback; in a multi-rank job it is
+            # preceded by the failing rank (the others then fail in their next
+            # collective, and mpiexec / torchrun end the job on the first
+            # non-zero exit)
+            if dist.active and not isinstance(e, (BadInput, cli.RunFailure)):
+                print(f"error on rank {dist.rank}/{dist.world_size}: {type(e).__name__}: {e}",
+                      file=sys.stderr, flush=True)
+            raise
 
     try:
         return cli.run_main(f"{dataset}_train.py", work)

@@ -25,23 +25,40 @@ def free_port():
         return s.getsockname()[1]
 
 
-def launch(cmd, env_extra):
+def run_launcher(cmd, env_extra, timeout=120):
+    """The finished launcher process; a job still running after `timeout`
+    seconds (a hang) raises subprocess.TimeoutExpired."""
     env = dict(os.environ, OMP_NUM_THREADS="1", **env_extra)
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+
+
+def launch(cmd, env_extra):
+    r = run_launcher(cmd, env_extra)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     return r.stdout
 
 
-def check_two_ranks(stdout, out):
+def mpiexec_two_ranks(script, args):
+    """(command, extra environment) running `python script args` as two
+    Open MPI ranks on this machine, as root too."""
+    assert shutil.which("mpiexec"), "mpiexec missing: scripts/setup.sh installs openmpi-bin"
+    cmd = ["mpiexec", "--oversubscribe", "-np", "2", sys.executable, script] + args
+    env = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+           "MASTER_PORT": str(free_port()), "OMPI_MCA_rmaps_base_oversubscribe": "1"}
+    return cmd, env
+
+
+def check_two_ranks(stdout, out, engine="torch"):
     digests = dict(re.findall(r"rank (\d)/2: parameters sha256 ([0-9a-f]{64})", stdout))
     assert set(digests) == {"0", "1"}, stdout
     assert digests["0"] == digests["1"]
     ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
     assert ckpt["world_size"] == 2 and ckpt["step"] == 6 and len(ckpt["rng"]) == 2
-    assert "engine torch" in stdout and "on 2 rank(s)" in stdout
+    assert f"engine {engine}" in stdout and "on 2 rank(s)" in stdout
     assert ckpt["best_elbo"] < float("inf")
+    return ckpt
 
 
 @pytest.fixture
@@ -59,10 +76,9 @@ def test_torchrun_two_processes(data):
 
 
 def test_mpiexec_two_processes(data):
-    assert shutil.which("mpiexec"), "mpiexec missing: scripts/setup.sh installs openmpi-bin"
+    # --dist-engine torch: under mpiexec, auto would pick Horovod when it is
+    # installed (tests/test_horovod.py covers that engine)
     out = data / "run"
-    cmd = ["mpiexec", "--oversubscribe", "-np", "2", sys.executable, SCRIPT] + TINY + [
-        "--data-root", str(data / "data"), "--out", str(out)]
-    env = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-           "MASTER_PORT": str(free_port()), "OMPI_MCA_rmaps_base_oversubscribe": "1"}
+    cmd, env = mpiexec_two_ranks(SCRIPT, TINY + [
+        "--dist-engine", "torch", "--data-root", str(data / "data"), "--out", str(out)])
     check_two_ranks(launch(cmd, env), out)
