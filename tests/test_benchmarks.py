@@ -54,3 +54,23 @@ def test_demo_bench_sizes_and_portability_on_a_tiny_model(tmp_path, monkeypatch,
     rows = [line for line in out.splitlines() if line.startswith(("batch of 3", "channels_last", "oneDNN off"))]
     assert len(rows) == 3 and all(line.split()[-1] == "0/12" for line in rows)
     assert "portable" in out and "float32, no grid" in out
+
+
+def test_train_bench_prints_one_rate_per_setting(capsys):
+    import torch
+    from benchmarks import train_bench
+    threads = torch.get_num_threads()
+    try:
+        train_bench.main(["--nz", "2", "--width", "8", "--batch", "4,8", "--precision", "fp32,bf16",
+                          "--channels-last", "both", "--steps", "1", "--repeats", "1",
+                          "--warmup", "1", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 8
+    for batch in (4, 8):
+        for precision in ("fp32", "bf16"):
+            for layout in ("NCHW", "channels_last"):
+                line = next(ln for ln in lines if ln.startswith(f"{layout} {precision} ")
+                            and f"batch={batch} " in ln)
+                assert float(line.split("median ")[1].split(" images/s")[0]) > 0
