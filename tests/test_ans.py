@@ -232,6 +232,42 @@ def test_peek_advance_low_level_verbs():
     assert msg == before
 
 
+def test_interleaved_checkpoint_rollback_undoes_a_trial_and_refuses_too_deep():
+    from utils.distributions import FixedCategorical
+    byte = FixedCategorical.uniform(256)
+    rng = np.random.default_rng(5)
+    msg = ans.InterleavedMessage.random(8, 40, seed=1, underflow_seed=3)
+    before = msg.copy()
+    mark = msg.checkpoint(depth=100)
+    popped = byte.pop(msg, (60,))                    # reads stack words ...
+    byte.push(msg, rng.integers(0, 256, 90))         # ... then overwrites them
+    assert msg != before
+    msg.rollback(mark)
+    assert msg == before and msg.borrowed_words == before.borrowed_words
+    assert np.array_equal(byte.pop(msg, (60,)), popped)   # the same symbols as before the trial
+    msg = before.copy()
+    mark = msg.checkpoint(depth=2)
+    byte.pop(msg, (60,))
+    with pytest.raises(ValueError, match="depth"):
+        msg.rollback(mark)
+
+
+def test_fixed_categorical_costs_and_damaged_pops():
+    from utils.distributions import FixedCategorical
+    msg = ans.InterleavedMessage.empty(4)
+    data = np.arange(256)
+    raw = FixedCategorical.uniform(256)
+    raw.push(msg, data)
+    assert msg.bits() - 4 * 33 == 8 * 256 and raw.bits(7) == 8.0
+    flag = FixedCategorical([3, 1], precision=16)
+    assert abs(flag.bits(1) - 16) < 1e-12
+    assert np.array_equal(raw.pop(msg, (256,)), data)
+    odd = FixedCategorical.uniform(3)                 # top of the range unused
+    bad = ans.InterleavedMessage(np.full(1, (1 << 32) | ((1 << 28) - 1), np.uint64), [], 28)
+    with pytest.raises(ValueError, match="not a symbol"):
+        odd.pop(bad, (1,))
+
+
 @pytest.mark.parametrize("precision", [16, ans.DEFAULT_PRECISION, 31])
 def test_certain_symbol_leaves_the_message_alone(precision):
     """A symbol of frequency 2^p carries no information: pushing it must not

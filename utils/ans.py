@@ -483,6 +483,7 @@ class InterleavedMessage(_MessageBase):
             raise ValueError(f"underflow_seed must be None or an integer in [0, 2^64), got {underflow_seed!r}")
         self.underflow_seed = None if underflow_seed is None else int(underflow_seed)
         self.borrowed_words = 0
+        self._low_water = self._top        # lowest stack top since the last checkpoint
 
     @classmethod
     def empty(cls, lanes, precision=DEFAULT_PRECISION, underflow_seed=None):
@@ -508,6 +509,33 @@ class InterleavedMessage(_MessageBase):
 
     def stack_words(self):
         return int(self._top)
+
+    def checkpoint(self, depth):
+        """A mark to :meth:`rollback` to, for trying a coding and undoing it:
+        saves the heads and the top ``depth`` stack words (pops read at most
+        one word per popped symbol, so ``depth`` = the symbols the trial pops
+        suffices; pushes only write above the lowest top reached)."""
+        start = max(0, self._top - int(depth))
+        self._low_water = self._top
+        return (self.head.copy(), self._top, self.borrowed_words, start, self._buf[start:self._top].copy())
+
+    def rollback(self, mark):
+        """Return to the state of ``checkpoint``; ValueError if the trial
+        popped deeper than the checkpoint's ``depth`` (nothing is changed)."""
+        head, top, borrowed, start, words = mark
+        if self._low_water < start:
+            raise ValueError("rollback: the trial popped below the checkpoint's depth")
+        if self._buf.size < top:
+            self._ensure_capacity(top)
+        self._buf[start:top] = words
+        self.head, self._top, self.borrowed_words = head.copy(), top, borrowed
+        self._low_water = top
+
+    def _ensure_capacity(self, size):
+        if size > self._buf.size:
+            new = np.zeros(max(size, 2 * self._buf.size), dtype=np.uint32)
+            new[:self._top] = self._buf[:self._top]
+            self._buf = new
 
     def bits(self):
         return int(32 * self._top + _bit_length(self.head).sum())
@@ -558,10 +586,7 @@ class InterleavedMessage(_MessageBase):
         self._push_steps(start, freq, n)
 
     def _push_steps(self, start, freq, n):
-        if self._top + n > self._buf.size:
-            new = np.zeros(max(self._top + n, 2 * self._buf.size), dtype=np.uint32)
-            new[:self._top] = self._buf[:self._top]
-            self._buf = new
+        self._ensure_capacity(self._top + n)
         buf, top, head = self._buf, self._top, self.head
         for sl in self._step_slices(n):
             m = sl.stop - sl.start
@@ -623,6 +648,7 @@ class InterleavedMessage(_MessageBase):
             self.head, self._top, self.borrowed_words = saved
             raise
         self._top = top
+        self._low_water = min(self._low_water, top)
         return out
 
     def _underflow(self, c, top):

@@ -19,9 +19,29 @@ Decoding is the exact mirror image (same network calls on the same inputs
 in the same batch layout), so the quantized tables are bit-identical and the
 message returns to its previous state exactly.
 
-Invariant: the networks only ever see bin centres of latent symbols
-(float32) and pixel values 0..255 (float32); a latent symbol k of layer i
+Invariant: the networks only ever see bin centres of latent symbols and
+pixel values 0..255 (in the networks' dtype); a latent symbol k of layer i
 stands for ``bins.centres[i, d, k]``.
+
+Grayscale with an RGB model (``encode``/``decode`` of (B, 1, H, W) images
+when the model's xs has 3 channels): the posterior sees the grey image
+replicated into three channels; the one channel is pushed / popped with the
+discretized logistic whose (mu, scale) are the ``grey_weights`` mix of the
+three channels' (decode pops the grey channel, rebuilds the replicated
+input and recomputes the posterior from it).
+
+Portable tables (``grid_bits``): the networks run in float64 and every
+output (mu, scale) is rounded to the grid ``2^-grid_bits``.  Another
+machine's float64 outputs differ from these by ~1e-13 at most, far less
+than the margin ``2^-margin_bits``, so they round to the same grid point,
+except for outputs that lie within the margin of a rounding boundary: the
+encoder lists those (rare: about 2^(grid_bits - margin_bits + 1) of all
+outputs) in the message with the side it rounded them to, and the decoder
+applies that side instead of its own rounding.  Layout per network call,
+pushed after the call's symbols: the fragile outputs' indices (uniform over
+the call's outputs), their sides (1 bit each), then their count
+(``FRAGILE_COUNT``: a count of 0 costs ~6e-6 bits).  More than
+``MAX_FRAGILE`` in one call raises FragileOutputs (the caller falls back).
 
 Network batches: float32 networks may round differently at other batch
 sizes, which can move a latent to the neighbouring bin.  ``net_batches``
@@ -41,15 +61,32 @@ import torch
 
 from utils import ans
 from utils.densities import discretized_logistic_logp, logistic_logp
-from utils.distributions import DiscretizedLogistic, LogisticBins
+from utils.distributions import DiscretizedLogistic, FixedCategorical, LogisticBins
 
 LOG2 = float(np.log(2.0))
+MAX_FRAGILE = 64                 # fragile outputs one network call may list
+GREY_WEIGHTS = (1 / 3, 1 / 3, 1 / 3)   # measured: the mean beats luma, G alone or R alone
+
+
+class FragileOutputs(ValueError):
+    """More outputs of one network call lie near a grid boundary than the
+    message can list (MAX_FRAGILE); the caller codes the data another way."""
+
+
+def _fragile_count_codec(precision):
+    """Counts 0..MAX_FRAGILE: a nonzero count costs ~24 bits, zero ~6e-6."""
+    rare = max(1, 1 << max(precision - 24, 0))
+    return FixedCategorical([(1 << precision) - MAX_FRAGILE * rare] + [rare] * MAX_FRAGILE, precision)
 
 
 class BitsBackCoder:
     """Bits-back coder of one model with one set of latent bins."""
 
-    def __init__(self, model, bins, bitswap=True, precision=ans.DEFAULT_PRECISION, device=None):
+    def __init__(self, model, bins, bitswap=True, precision=ans.DEFAULT_PRECISION, device=None,
+                 grid_bits=None, margin_bits=None, grey_weights=GREY_WEIGHTS):
+        """``grid_bits``/``margin_bits``: portable tables (module docstring;
+        the networks must then be float64); ``grey_weights``: how the three
+        channels' (mu, scale) mix into the grey channel's."""
         bins.check_model(model)
         self.model = model.eval()
         self.bins = bins
@@ -62,6 +99,20 @@ class BitsBackCoder:
         self.zdim = int(np.prod(self.zshape))
         self.dims = int(np.prod(self.xs))
         self.net_seconds = 0.0          # time spent in the networks (benchmarks)
+        self.dtype = next(model.parameters()).dtype
+        self.grid_bits = grid_bits
+        if grid_bits is not None:
+            if self.dtype != torch.float64:
+                raise ValueError("portable tables (grid_bits) need float64 networks")
+            if margin_bits is None or not grid_bits < margin_bits < 52:
+                raise ValueError("margin_bits must lie between grid_bits and 52")
+            self._grid = float(2.0 ** grid_bits)
+            self._margin = float(2.0 ** (grid_bits - margin_bits))   # in grid units
+            self._count = _fragile_count_codec(precision)
+            self._side = FixedCategorical.uniform(2, precision)
+        self.grey_weights = np.asarray(grey_weights, dtype=np.float64)
+        self.fragile_outputs = 0        # listed fragile outputs so far (benchmarks)
+        self.latent_symbols = self.nz * self.zdim    # symbols one image's encode pops
         self._net_batches = None        # sizes of the sub-batches the networks see
 
     @contextlib.contextmanager
@@ -85,34 +136,90 @@ class BitsBackCoder:
         parts = [fn(i, g) for g in torch.split(given, sizes)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
-    def _net(self, fn, i, given):
-        """(mu, scale) float64 numpy (B, dims) and the torch pair (float32)."""
+    def _net(self, fn, i, given, message=None):
+        """(mu, scale) float64 numpy (B, dims), the torch pair, and the
+        fragile outputs (indices, sides) for the encoder to push; with
+        ``message`` (decoding), the fragile list is popped from it and applied."""
         t0 = time.perf_counter()
         with torch.no_grad():
             mu, scale = self._call(fn, i, given)
         b = given.shape[0]
-        out = (mu.reshape(b, -1).double().cpu().numpy(),
-               scale.reshape(b, -1).double().cpu().numpy(), mu, scale)
+        nmu = mu.reshape(b, -1).double().cpu().numpy()
+        nscale = scale.reshape(b, -1).double().cpu().numpy()
         self.net_seconds += time.perf_counter() - t0
-        return out
+        fragile = None
+        if self.grid_bits is not None:
+            values = np.concatenate([nmu.ravel(), nscale.ravel()])
+            forced = None if message is None else self._pop_fragile(message, values.size)
+            values, fragile = self._to_grid(values, forced)
+            nmu = values[:nmu.size].reshape(nmu.shape)
+            nscale = np.maximum(values[nmu.size:], 1.0 / self._grid).reshape(nscale.shape)
+        return nmu, nscale, mu, scale, fragile
+
+    def _to_grid(self, values, forced):
+        """Round to the grid; the encoder's fragile outputs (within the
+        margin of a rounding boundary) and the sides it took, or the
+        decoder's ``forced`` sides applied."""
+        t = values * self._grid                  # exact: a power of two
+        k = np.floor(t)
+        frac = t - k
+        up = frac >= 0.5
+        if forced is None:
+            idx = np.flatnonzero(np.abs(frac - 0.5) < self._margin)
+            fragile = (idx, up[idx].astype(np.int64), values.size)
+        else:
+            idx, sides = forced
+            up[idx] = sides.astype(bool)
+            fragile = None
+        return (k + up) / self._grid, fragile
+
+    def _push_fragile(self, message, fragile):
+        if fragile is None:
+            return
+        idx, sides, n_values = fragile
+        if idx.size > MAX_FRAGILE:
+            raise FragileOutputs(f"{idx.size} network outputs within the margin of a grid boundary")
+        if idx.size:
+            FixedCategorical.uniform(n_values, self.precision).push(message, idx)
+            self._side.push(message, sides)
+            self.fragile_outputs += idx.size
+        self._count.push(message, np.array([idx.size]))
+
+    def _pop_fragile(self, message, n_values):
+        count = int(self._count.pop(message, (1,))[0])
+        if count == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        sides = self._side.pop(message, (count,))
+        idx = FixedCategorical.uniform(n_values, self.precision).pop(message, (count,))
+        if idx.max() >= n_values:
+            raise ValueError("damaged message: fragile output index out of range")
+        return idx, sides
+
+    def _grey_input(self, x):
+        return np.asarray(x).shape[1] == 1 and self.xs[0] == 3
 
     def _x_tensor(self, x):
-        return torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32, device=self.device)
+        t = torch.as_tensor(np.array(x, dtype=np.float64), dtype=self.dtype, device=self.device)
+        return t.expand(-1, self.xs[0], -1, -1) if t.shape[1] == 1 and self.xs[0] != 1 else t
 
     def _z_tensor(self, layer, symbols):
         z = self.bins.centre(layer, symbols).reshape((-1,) + self.zshape)
-        return torch.as_tensor(z, dtype=torch.float32, device=self.device)
+        return torch.as_tensor(z, dtype=self.dtype, device=self.device)
 
-    def _q(self, i, given):
-        mu, scale, tmu, tscale = self._net(self.model.infer, i, given)
-        return LogisticBins(mu, scale, self.bins.layers[i], self.precision), (tmu, tscale)
+    def _q(self, i, given, message=None):
+        mu, scale, tmu, tscale, fragile = self._net(self.model.infer, i, given, message)
+        return LogisticBins(mu, scale, self.bins.layers[i], self.precision), (tmu, tscale), fragile
 
-    def _p(self, i, given):
+    def _p(self, i, given, message=None, grey=False):
         """Codec of the layer below z_{i+1} (i >= 1) or of x (i = 0)."""
-        mu, scale, tmu, tscale = self._net(self.model.generate, i, given)
+        mu, scale, tmu, tscale, fragile = self._net(self.model.generate, i, given, message)
         if i == 0:
-            return DiscretizedLogistic(mu, scale, self.precision), (tmu, tscale)
-        return LogisticBins(mu, scale, self.bins.layers[i - 1], self.precision), (tmu, tscale)
+            if grey:        # the grey channel's logistic: a fixed mix of the three channels'
+                b = mu.shape[0]
+                mu = np.einsum("c,bcd->bd", self.grey_weights, mu.reshape(b, 3, -1))
+                scale = np.einsum("c,bcd->bd", self.grey_weights, scale.reshape(b, 3, -1))
+            return DiscretizedLogistic(mu, scale, self.precision), (tmu, tscale), fragile
+        return LogisticBins(mu, scale, self.bins.layers[i - 1], self.precision), (tmu, tscale), fragile
 
     def _prior(self, b):
         shape = (b, self.zdim)
@@ -120,7 +227,8 @@ class BitsBackCoder:
 
     # ---- encode -----------------------------------------------------------------
     def encode(self, message, x, terms=False, before_first_push=None):
-        """Code images ``x`` (uint8-valued, (B, C, H, W)) onto ``message``.
+        """Code images ``x`` (uint8-valued, (B, C, H, W); C = 1 codes grey
+        images with an RGB model, see the module docstring) onto ``message``.
 
         With ``terms=True`` returns the single-sample -ELBO terms at the coded
         latents, bits per image, shape (B, 1 + nz): [-log p(x|z1), KL_1..KL_L]
@@ -130,32 +238,38 @@ class BitsBackCoder:
         the first push (Bit-Swap: the pop of z1; BB-ANS: all nz pops): the
         paper counts as initial bits what the first image takes until then."""
         x = np.asarray(x)
-        if x.ndim != 4 or tuple(x.shape[1:]) != self.xs:
+        grey = x.ndim == 4 and self._grey_input(x)
+        if x.ndim != 4 or (tuple(x.shape[1:]) != self.xs and not grey) or x.shape[2:] != self.xs[1:]:
             raise ValueError(f"images must be shaped (B, {', '.join(map(str, self.xs))}), got {x.shape}")
+        if grey and terms:
+            raise ValueError("terms are only defined for images of the model's shape")
         b = x.shape[0]
         symbols_x = x.reshape(b, -1).astype(np.int64)
         given = self._x_tensor(x)
         zs, q_params = [], []
         pending = []                            # BB-ANS: pushes deferred until all pops
         for i in range(self.nz):
-            q, qp = self._q(i, given)
+            q, qp, qf = self._q(i, given)
             k = q.pop(message)
+            if i == 0 and self.bitswap and before_first_push is not None:
+                before_first_push(message)
+            self._push_fragile(message, qf)     # the decoder needs them before its push of k
             z = self._z_tensor(i, k)
             zs.append((k, z))
             q_params.append(qp)
             if self.bitswap:
-                if i == 0 and before_first_push is not None:
-                    before_first_push(message)
-                p, pp = self._p(i, z)
+                p, pp, pf = self._p(i, z, grey=grey)
                 p.push(message, symbols_x if i == 0 else zs[i - 1][0])
+                self._push_fragile(message, pf)
                 pending.append(pp)
             given = z
         if not self.bitswap:
             if before_first_push is not None:
                 before_first_push(message)
             for i in range(self.nz):
-                p, pp = self._p(i, zs[i][1])
+                p, pp, pf = self._p(i, zs[i][1], grey=grey)
                 p.push(message, symbols_x if i == 0 else zs[i - 1][0])
+                self._push_fragile(message, pf)
                 pending.append(pp)
         self._prior(b).push(message, zs[-1][0])
         if terms:
@@ -231,36 +345,38 @@ class BitsBackCoder:
         return out.numpy() / LOG2
 
     # ---- decode -----------------------------------------------------------------
-    def decode(self, message, batch):
-        """Mirror of :meth:`encode`: pops ``batch`` images (uint8 (B, C, H, W))
-        and returns the message to its state before they were encoded."""
+    def decode(self, message, batch, grey=False):
+        """Mirror of :meth:`encode`: pops ``batch`` images (uint8 (B, C, H, W);
+        C = 1 with ``grey``) and returns the message to its state before they
+        were encoded."""
+        xs = (1,) + self.xs[1:] if grey else self.xs
         k_top = self._prior(batch).pop(message)
         if self.bitswap:
             k = k_top
             for i in reversed(range(self.nz)):
                 z = self._z_tensor(i, k)
-                p, _ = self._p(i, z)
+                p, _, _ = self._p(i, z, message, grey=grey)
                 below = p.pop(message)
-                given = (self._x_tensor(below.reshape((batch,) + self.xs)) if i == 0
+                given = (self._x_tensor(below.reshape((batch,) + xs)) if i == 0
                          else self._z_tensor(i - 1, below))
-                q, _ = self._q(i, given)
+                q, _, _ = self._q(i, given, message)
                 q.push(message, k)
                 k = below
-            return k.reshape((batch,) + self.xs).astype(np.uint8)
+            return k.reshape((batch,) + xs).astype(np.uint8)
         ks = [None] * self.nz
         ks[-1] = k_top
         zs = [None] * self.nz
         for i in reversed(range(self.nz)):
             zs[i] = self._z_tensor(i, ks[i])
-            p, _ = self._p(i, zs[i])
+            p, _, _ = self._p(i, zs[i], message, grey=grey)
             below = p.pop(message)
             if i > 0:
                 ks[i - 1] = below
             else:
-                x = below.reshape((batch,) + self.xs)
+                x = below.reshape((batch,) + xs)
         givens = [self._x_tensor(x)] + zs[:-1]
         for i in reversed(range(self.nz)):
-            q, _ = self._q(i, givens[i])
+            q, _, _ = self._q(i, givens[i], message)
             q.push(message, ks[i])
         return x.astype(np.uint8)
 

@@ -15,8 +15,8 @@ Invariant of the codecs: encoder and decoder form every integer CDF value
 with the same function, the same float64 inputs and the same elementwise
 numpy operations, so the integers agree bit for bit on one machine and numpy
 build.  (Across machines this relies on numpy's float64 exp being the same
-function on both; messages meant to travel between machines should be
-decoded by the same software stack that encoded them.)
+function on both, and on the parameters being equal: the demo codec rounds
+the network outputs to a grid for that, utils/bitsback.py.)
 
 Integer CDF of K bins at precision p:  C(k) = floor(F(e_k) * (2^p - K)) + k,
 C(0) = 0, C(K) = 2^p, with F the continuous CDF at the inner endpoint e_k.
@@ -28,6 +28,9 @@ integer binary search for the lanes the guess missed).  Encoder and decoder
 run the same function (_cdf) on the same float64 inputs, so their integers
 are bit-identical.
 """
+import decimal
+import functools
+
 import numpy as np
 
 from utils import ans
@@ -51,12 +54,28 @@ def prior_bins(quantbits):
     """Equal-mass bins of Logistic(0, 1) with 2^quantbits bins.
 
     Returns (inner endpoints, shape (2^q - 1,): quantiles at k / 2^q;
-    centres, shape (2^q,): quantiles at (k + 0.5) / 2^q), float64."""
+    centres, shape (2^q,): quantiles at (k + 0.5) / 2^q), float64.
+
+    Computed with Python's decimal arithmetic (software, the same on every
+    machine) rather than numpy's log, whose SIMD kernels differ in the last
+    bit between CPU families: the bins must be the same float64 numbers
+    wherever a file is decoded (they are part of a model's identity)."""
     if not isinstance(quantbits, (int, np.integer)) or not 1 <= quantbits <= 20:
         raise ValueError(f"quantbits must be an integer in [1, 20], got {quantbits!r}")
-    K = 1 << int(quantbits)
-    k = np.arange(K, dtype=np.float64)
-    return logistic_quantile(k[1:] / K), logistic_quantile((k + 0.5) / K)
+    ends, centres = _prior_bins(int(quantbits))
+    return ends.copy(), centres.copy()
+
+
+@functools.lru_cache(maxsize=None)
+def _prior_bins(quantbits):
+    K = 1 << quantbits
+    with decimal.localcontext() as ctx:
+        ctx.prec = 40
+        ln = [decimal.Decimal(n).ln() for n in range(2 * K + 1)]      # ln(0) = -inf, unused
+        # logit(a / b) = ln(a) - ln(b - a), with b = K (endpoints) or 2K (centres)
+        ends = [float(ln[k] - ln[K - k]) for k in range(1, K)]
+        centres = [float(ln[2 * k + 1] - ln[2 * K - 2 * k - 1]) for k in range(K)]
+    return np.array(ends, dtype=np.float64), np.array(centres, dtype=np.float64)
 
 
 def _as_float_array(name, a):
@@ -313,3 +332,55 @@ class DiscretizedLogistic(LogisticBins):
         if mu.ndim == 0:
             mu, scale = mu[None], scale[None]
         super().__init__(mu, scale, PIXEL_BINS, precision)
+
+
+class FixedCategorical:
+    """Symbols 0..n-1 with fixed integer frequencies (each >= 1, total <=
+    2^p): the coder's side information (per-block flags, counts, indices)
+    and stored raw bytes (``uniform(256)``: exactly 8 bits per byte).
+    Frequencies not summing to 2^p leave the top of the range unused; a pop
+    that lands there is a damaged message (ValueError).  Symbols of any
+    shape, coded like the other codecs' (flat, C order, on an
+    InterleavedMessage)."""
+
+    def __init__(self, freqs, precision=ans.DEFAULT_PRECISION):
+        freqs = np.asarray(freqs, dtype=np.int64).reshape(-1)
+        self.precision = ans._check_precision(precision)
+        if freqs.size < 1 or freqs.min() < 1 or freqs.sum() > (1 << self.precision):
+            raise ValueError(f"frequencies must be >= 1 and sum to at most 2^{self.precision}")
+        self.freqs = freqs
+        self.n = freqs.size
+        self.cum = np.concatenate([[0], np.cumsum(freqs)])
+
+    @classmethod
+    def uniform(cls, n, precision=ans.DEFAULT_PRECISION):
+        """n equally likely symbols (log2(n) bits each when n is a power of 2)."""
+        if not 1 <= n <= (1 << precision):
+            raise ValueError(f"uniform over {n} symbols does not fit precision {precision}")
+        return cls(np.full(n, (1 << precision) // n), precision)
+
+    def bits(self, symbol):
+        """Exact cost of one symbol in bits."""
+        return self.precision - float(np.log2(self.freqs[symbol]))
+
+    def push(self, message, symbols):
+        s = np.asarray(symbols)
+        if s.dtype.kind not in "iu" or (s.size and (s.min() < 0 or s.max() >= self.n)):
+            raise ValueError(f"symbols must be integers in [0, {self.n - 1}]")
+        if message.precision != self.precision:
+            raise ValueError(f"codec precision {self.precision} != message precision {message.precision}")
+        s = s.astype(np.int64)
+        message.push(self.cum[s], self.freqs[s])
+
+    def pop(self, message, shape=(1,)):
+        if message.precision != self.precision:
+            raise ValueError(f"codec precision {self.precision} != message precision {message.precision}")
+        n = message.to_steps(np.empty(shape, dtype=np.int8))[1]
+        flat = message._pop_steps(n, self._lookup)
+        return message.from_steps(flat, n, shape)
+
+    def _lookup(self, sl, cf):
+        k = np.searchsorted(self.cum, cf.astype(np.int64), side="right") - 1
+        if (k >= self.n).any():
+            raise ValueError("not a symbol of this codec (damaged message)")
+        return k, self.cum[k].astype(np.uint64), self.freqs[k].astype(np.uint64)

@@ -1,10 +1,11 @@
 """The demo codec's coding: one whole 8-bit image <-> one Bit-Swap container.
 
-Owns padding and blocking, the chained Bit-Swap coding of the blocks in one
-interleaved rANS message, the container header and its checks against the
-model.  The model comes from model/package.py (``load_codec_model``), images
-from utils/images.py, the container's bytes from utils/container.py, and the
-command-line plumbing from utils/cli.py.
+Owns padding and blocking, the per-block choice between Bit-Swap and stored
+raw bytes, the chained coding of the blocks in one interleaved rANS message,
+the container header and its checks against the model.  The model comes
+from model/package.py (``load_codec_model``), images from utils/images.py,
+the container's bytes from utils/container.py, and the command-line
+plumbing from utils/cli.py.
 
 Invariants:
 
@@ -12,15 +13,29 @@ Invariants:
   multiple of the model's block size (replicated pixels are cheap to code) and
   cropped back on decode; the SHA-256 of the original pixels is stored and a
   decode that does not reproduce it is an error (RunFailure), never a result.
-* Grayscale is coded as three equal channels (the model is RGB) and written
-  back as 8-bit grayscale.
-* Encoder and decoder compute bit-identical quantized tables: every network
-  call is one block at batch 1 on the same device type, with torch pinned to
-  one intra-op thread (utils/device.deterministic_torch), and the float32
-  outputs go through the same float64 codecs of utils/distributions.py.
-* A file that cannot be decoded with the given model (another model, another
-  device type, an inconsistent header, a damaged message) is BadInput with a
-  one-line message, before anything is written.
+* Grayscale is coded as one channel (utils/bitsback.py: the posterior sees
+  the grey block replicated into RGB, the likelihood is the grey channel's)
+  and written back as 8-bit grayscale.
+* Never much larger than raw: every block is first coded with Bit-Swap on
+  a checkpoint of the message; if that cost more bits than storing its real
+  (unpadded) pixel bytes, it is rolled back and the bytes are pushed instead
+  (8 bits each, exactly).  A flag after each block says which (``BLOCK_FLAG``:
+  a Bit-Swap block pays 0.09 bits, a raw block 4 bits).  If the whole message
+  is still not smaller than the raw pixels (noise, tiny images), the file
+  stores the raw pixels instead (storage "raw"), so a file is never larger
+  than the raw pixels plus the container's fixed bytes.
+* Small images small: the message has ``lanes_for(blocks)`` interleaved lanes
+  (8 per block, at most 128), each lane's final head costs 8 bytes.
+* Portable: the networks run in float64 and their outputs are rounded to a
+  grid with a margin check (utils/bitsback.py, ``GRID_BITS``/``MARGIN_BITS``),
+  so the quantized tables do not depend on the order of the floating-point
+  sums (threads, batch layout, memory layout, convolution algorithm, CPU
+  family, CPU or CUDA).  Torch still runs one thread while coding (for
+  speed on shared CPUs; the tables do not need it).  A block whose outputs are too often near a grid
+  boundary is stored raw.
+* A file that cannot be decoded with the given model (another model, an
+  inconsistent header, a damaged message) is BadInput with a one-line
+  message, before anything is written.
 """
 import hashlib
 from dataclasses import dataclass
@@ -28,25 +43,38 @@ from dataclasses import dataclass
 import numpy as np
 
 from utils import ans, container
-from utils.bitsback import BitsBackCoder
+from utils.bitsback import BitsBackCoder, FragileOutputs
 from utils.cli import BadInput, RunFailure
 from utils.device import deterministic_torch
+from utils.distributions import FixedCategorical
 from utils.images import SUPPORTED_MODES
 
 DEFAULT_MODEL = "demo"      # the shipped package models/demo
-LANES = 128                 # interleaved rANS lanes: ~64 bits of final head each
+MAX_LANES = 128             # interleaved rANS lanes: speed of the vector steps ...
+LANES_PER_BLOCK = 8         # ... against 8 bytes of final head per lane
 UNDERFLOW_SEED = 0          # initial bits borrowed by the first block (counted)
 PRECISION = ans.DEFAULT_PRECISION
+GRID_BITS = 16              # network outputs rounded to multiples of 2^-16
+MARGIN_BITS = 36            # outputs within 2^-36 of a rounding boundary are listed
+BLOCK_FLAG = FixedCategorical([(1 << PRECISION) - (1 << (PRECISION - 4)), 1 << (PRECISION - 4)], PRECISION)
+BITSWAP_BLOCK, RAW_BLOCK = 0, 1
+RAW_BYTE = FixedCategorical.uniform(256, PRECISION)
+
+
+def lanes_for(blocks):
+    """Interleaved lanes of a message of ``blocks`` blocks (format rule)."""
+    return min(MAX_LANES, LANES_PER_BLOCK * blocks)
 
 
 def load_codec_model(spec=None, device="cpu"):
     """The model of ``spec`` (default: the shipped demo package) through the
-    one loader, checked to code square RGB blocks."""
+    one loader, checked to code square RGB blocks, networks in float64."""
     from model import package
     model = package.load(DEFAULT_MODEL if spec is None else spec, device=device)
     xs = tuple(model.net.xs)
     if xs[0] != 3 or xs[1] != xs[2]:
         raise BadInput(f"model {model.name}: the demo codec needs square RGB blocks, got xs={xs}")
+    model.net.double()
     return model
 
 
@@ -57,13 +85,10 @@ def pixels_sha256(image, mode):
 
 
 def pad_to_blocks(image, block):
-    """Edge-replicate (H, W, C) to multiples of ``block``, as 3 channels."""
+    """Edge-replicate (H, W, C) to multiples of ``block`` (C unchanged)."""
     h, w, _ = image.shape
     ph, pw = -(-h // block) * block, -(-w // block) * block
-    padded = np.pad(image, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
-    if padded.shape[2] == 1:
-        padded = np.repeat(padded, 3, axis=2)
-    return padded
+    return np.pad(image, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
 
 
 def block_order(ph, pw, block):
@@ -75,7 +100,8 @@ def _coder(model):
     """The project's Bit-Swap coder (utils/bitsback.py) for this model.  The
     blocks of one image form one chain on one InterleavedMessage, coded one
     block at a time (batch 1) in raster order and decoded in reverse."""
-    return BitsBackCoder(model.net, model.bins, bitswap=True, precision=PRECISION, device=model.device)
+    return BitsBackCoder(model.net, model.bins, bitswap=True, precision=PRECISION, device=model.device,
+                         grid_bits=GRID_BITS, margin_bits=MARGIN_BITS)
 
 
 def _progress(total, quiet, desc):
@@ -86,76 +112,121 @@ def _progress(total, quiet, desc):
 @dataclass
 class EncodeResult:
     data: bytes                 # the container
-    message_bits: int           # ANS message size (bits)
+    storage: str                # "bitswap" (ANS message) or "raw" (pixel bytes)
+    message_bits: int           # ANS message size (bits), also when not stored
+    message_bytes: int          # the serialized message (bytes), also when not stored
     initial_bits: int           # bits borrowed from the seeded initial stack
     head_bits: int              # final heads of the interleaved lanes
     blocks: int
+    raw_blocks: int             # blocks stored as raw bytes inside the message
+    lanes: int
+    fragile_outputs: int        # network outputs listed near a grid boundary
 
 
-def compress(image, mode, model, quiet=True):
-    """Code ``image`` (uint8 (H, W, C), ``mode`` RGB or L) into a container."""
+def _header(image, mode, model, storage):
+    return dict(model_name=model.name, model_hash=model.identity, height=int(image.shape[0]),
+                width=int(image.shape[1]), mode=mode, storage=storage, device=model.device.type,
+                block=model.block, quantbits=model.quantbits, pixels_sha256=pixels_sha256(image, mode))
+
+
+def compress(image, mode, model, quiet=True, fallback=True):
+    """Code ``image`` (uint8 (H, W, C), ``mode`` RGB (C = 3) or L (C = 1))
+    into a container.  ``fallback=False`` codes every block with Bit-Swap
+    and stores the message whatever its size (tests and measurements)."""
+    if SUPPORTED_MODES.get(mode) != image.shape[2]:
+        raise BadInput(f"mode {mode} does not match an image of {image.shape[2]} channels")
     block = model.block
     padded = pad_to_blocks(image, block)
     ph, pw, _ = padded.shape
     order = block_order(ph, pw, block)
-    msg = ans.InterleavedMessage.empty(LANES, PRECISION, underflow_seed=UNDERFLOW_SEED)
+    msg = ans.InterleavedMessage.empty(lanes_for(len(order)), PRECISION, underflow_seed=UNDERFLOW_SEED)
     coder = _coder(model)
+    raw_blocks = 0
     with deterministic_torch(), _progress(len(order), quiet, "compress") as bar:
         for r, c in order:
-            coder.encode(msg, padded[None, r:r + block, c:c + block].transpose(0, 3, 1, 2))
+            real = image[r:r + block, c:c + block]
+            raw_bits = 8 * real.size + BLOCK_FLAG.bits(RAW_BLOCK)
+            mark = msg.checkpoint(coder.latent_symbols)
+            before = msg.bits()
+            try:
+                coder.encode(msg, padded[None, r:r + block, c:c + block].transpose(0, 3, 1, 2))
+                BLOCK_FLAG.push(msg, np.array([BITSWAP_BLOCK]))
+                cost = msg.bits() - before
+            except FragileOutputs:
+                cost = float("inf")
+            if cost > raw_bits and (fallback or cost == float("inf")):
+                msg.rollback(mark)
+                RAW_BYTE.push(msg, real.reshape(-1))
+                BLOCK_FLAG.push(msg, np.array([RAW_BLOCK]))
+                raw_blocks += 1
             bar.update()
-    header = dict(model_name=model.name, model_hash=model.identity,
-                  height=int(image.shape[0]), width=int(image.shape[1]),
-                  channels=int(image.shape[2]), mode=mode, block=block, padding="edge",
-                  padded_height=ph, padded_width=pw, precision=PRECISION, lanes=LANES,
-                  underflow_seed=UNDERFLOW_SEED, quantbits=model.quantbits,
-                  device=model.device.type, pixels_sha256=pixels_sha256(image, mode))
-    data = container.pack(header, msg.to_bytes())
-    return EncodeResult(data=data, message_bits=msg.bits(), initial_bits=32 * msg.borrowed_words,
-                        head_bits=int(msg.head_bits().sum()), blocks=len(order))
+    body = msg.to_bytes()
+    message_bytes = len(body)
+    storage = "bitswap"
+    if fallback and len(body) >= image.size:
+        storage, body = "raw", np.ascontiguousarray(image).tobytes()
+    data = container.pack(_header(image, mode, model, storage), body)
+    return EncodeResult(data=data, storage=storage, message_bits=msg.bits(), message_bytes=message_bytes,
+                        initial_bits=32 * msg.borrowed_words, head_bits=int(msg.head_bits().sum()),
+                        blocks=len(order), raw_blocks=raw_blocks, lanes=msg.lanes,
+                        fragile_outputs=coder.fragile_outputs)
 
 
 def check_header(header, model):
     """Is the container decodable with this model?  BadInput if not."""
+    if header["storage"] == "raw":
+        return
     if header["model_hash"] != model.identity:
         raise BadInput(f"this file was made with model {header['model_name']!r} "
                        f"(hash {header['model_hash'][:12]}), not with {model.name!r} "
                        f"(hash {model.identity[:12]}); pass the right --model")
-    if header["device"] != model.device.type:
-        raise BadInput(f"this file was coded on {header['device']}; decode it with --device {header['device']}")
-    h, w, c = header["height"], header["width"], header["channels"]
-    b = header["block"]
-    if (header["mode"] not in SUPPORTED_MODES or SUPPORTED_MODES[header["mode"]] != c
-            or h < 1 or w < 1 or b != model.block or header["padding"] != "edge"
-            or header["padded_height"] != -(-h // b) * b or header["padded_width"] != -(-w // b) * b
-            or header["quantbits"] != model.quantbits):
+    if header["block"] != model.block or header["quantbits"] != model.quantbits:
         raise BadInput("invalid header: inconsistent image or model parameters")
 
 
 def decompress(data, model, quiet=True):
     """Container bytes -> (uint8 (H, W, C), mode), verified against the stored
-    pixel checksum."""
+    pixel checksum.  ``model`` may be None for a file of storage "raw"."""
     header, body = container.unpack(data)
-    check_header(header, model)
+    h, w, mode = header["height"], header["width"], header["mode"]
+    channels = SUPPORTED_MODES[mode]
+    if header["storage"] == "raw":
+        if len(body) != h * w * channels:
+            raise BadInput("corrupted file: raw pixel data does not match the image size")
+        image = np.frombuffer(body, dtype=np.uint8).reshape(h, w, channels)
+    else:
+        if model is None:
+            raise BadInput("this file needs the model it was made with")
+        check_header(header, model)
+        image = _decode_message(body, header, model, channels, quiet)
+    if pixels_sha256(image, mode) != header["pixels_sha256"]:
+        raise RunFailure("decoded pixels do not match the stored checksum; nothing written")
+    return np.ascontiguousarray(image), mode
+
+
+def _decode_message(body, header, model, channels, quiet):
+    h, w, b = header["height"], header["width"], header["block"]
+    ph, pw = -(-h // b) * b, -(-w // b) * b
+    order = block_order(ph, pw, b)
     try:
         msg = ans.InterleavedMessage.from_bytes(body)
     except ValueError as exc:
         raise BadInput(f"corrupted file: bad ANS message ({exc})") from None
-    if msg.precision != header["precision"] or msg.lanes != header["lanes"]:
-        raise BadInput("corrupted file: message parameters differ from the header")
-    b, ph, pw = header["block"], header["padded_height"], header["padded_width"]
-    padded = np.empty((ph, pw, 3), dtype=np.uint8)
+    if msg.precision != PRECISION or msg.lanes != lanes_for(len(order)):
+        raise BadInput("corrupted file: message parameters differ from the format's")
+    padded = np.empty((ph, pw, channels), dtype=np.uint8)
     coder = _coder(model)
-    order = block_order(ph, pw, b)
     try:
         with deterministic_torch(), _progress(len(order), quiet, "decompress") as bar:
             for r, c in reversed(order):
-                padded[r:r + b, c:c + b] = coder.decode(msg, 1)[0].transpose(1, 2, 0)
+                if BLOCK_FLAG.pop(msg)[0] == RAW_BLOCK:
+                    rh, rw = min(b, h - r), min(b, w - c)
+                    real = RAW_BYTE.pop(msg, (rh, rw, channels)).astype(np.uint8)
+                    padded[r:r + b, c:c + b] = np.pad(real, ((0, b - rh), (0, b - rw), (0, 0)), mode="edge")
+                else:
+                    tile = coder.decode(msg, 1, grey=channels == 1)[0]
+                    padded[r:r + b, c:c + b] = tile.transpose(1, 2, 0)
                 bar.update()
     except ValueError as exc:   # e.g. popping past the end of the message
         raise BadInput(f"corrupted file: decoding failed ({exc})") from None
-    image = padded[:header["height"], :header["width"], :header["channels"]]
-    if pixels_sha256(image, header["mode"]) != header["pixels_sha256"]:
-        raise RunFailure("decoded pixels do not match the stored checksum; nothing written "
-                         "(was the file made on another kind of machine?)")
-    return np.ascontiguousarray(image), header["mode"]
+    return padded[:h, :w]
