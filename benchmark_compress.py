@@ -129,6 +129,20 @@ def run_codecs(batches, names, progress=True):
     return per_exp, failed
 
 
+FULL_PROTOCOL = {"mnist": "100 experiments x 100 test images, seed 100",
+                 "imagenetcrop": "100 full-size images"}
+
+
+def full_protocol(args, result):
+    """Did this run measure what the published figures measured?"""
+    if args.dataset == "mnist":
+        return (result["experiments"] == protocol.EXPERIMENTS and result["split"] == "test"
+                and result["images_per_experiment"] == protocol.IMAGES and args.seed == protocol.SEED)
+    if args.dataset == "imagenetcrop":
+        return result["experiments"] == 100
+    return False
+
+
 def summarize(args, batches, per_exp, failed, unavailable, info):
     dims = [int(b[0].size) for b in batches]
     result = {
@@ -137,7 +151,15 @@ def summarize(args, batches, per_exp, failed, unavailable, info):
         "seed": args.seed, "dims_per_image": dims[0] if len(set(dims)) == 1 else dims,
         "codecs": {}, **info,
     }
-    reference = REFERENCE_BITS_PER_DIM.get(args.dataset, {})
+    # published figures belong to the full protocol only: beside a smaller
+    # run they would compare different things
+    full = full_protocol(args, result)
+    reference = REFERENCE_BITS_PER_DIM.get(args.dataset, {}) if full else {}
+    result["reference"] = ("published figures of the same protocol" if full and
+                           args.dataset in REFERENCE_BITS_PER_DIM else
+                           "none for this dataset" if args.dataset not in REFERENCE_BITS_PER_DIM
+                           else "omitted: published figures are for the full protocol "
+                                f"({FULL_PROTOCOL[args.dataset]})")
     for name in args.codecs:
         codec = codecs.CODECS[name]
         entry = {"label": codec.label, "in_paper": codec.in_paper,
@@ -163,7 +185,10 @@ def format_table(result):
             f"{result['images_per_experiment']} images, seed {result['seed']}")
     if isinstance(result["dims_per_image"], int):
         head += f", {result['dims_per_image']} dims/image"
-    lines = [head, f"{'codec':<20}{'bits/dim':>9}{'std':>8}{'ratio':>8}{'reference':>11}"]
+    unit = ("bits/px", "bits per pixel of the 28x28 image") if result["dataset"] == "mnist" else \
+        ("bits/dim", "bits per 8-bit sample (pixel x channel)")
+    lines = [head + f"; {unit[0]} = {unit[1]}; reference: {result['reference']}",
+             f"{'codec':<20}{unit[0]:>9}{'std':>8}{'ratio':>8}{'reference':>11}"]
     for entry in result["codecs"].values():
         ref = entry["reference_bits_per_dim"]
         ref = f"{ref:>11.2f}" if ref is not None else f"{'':>11}"
@@ -174,8 +199,8 @@ def format_table(result):
         else:
             lines.append(f"{entry['label']:<20}  {entry['status']}: {entry['reason']}")
     if result["dataset"] == "mnist":
-        lines.append("(per 28x28 pixel; Bit-Swap codes MNIST padded to 32x32: "
-                     "multiply its bits/dim by 1024/784 to compare)")
+        lines.append("(Bit-Swap codes MNIST padded to 32x32: multiply its bits/dim by 1024/784 "
+                     "to compare)")
     return "\n".join(lines)
 
 

@@ -10,11 +10,14 @@ is checked: it must decode and be exactly --size x --size (grey and palette
 images are converted to RGB). The .npy is written to a temporary file and
 renamed, so an interrupted run leaves no partial dataset.
 """
-import argparse
 import os
 import sys
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+
+from utils import cli  # noqa: E402
 
 
 def convert(src, dst, size=32, progress=True):
@@ -33,38 +36,31 @@ def convert(src, dst, size=32, progress=True):
             raise ValueError(f"{path}: image is {img.shape[2]}x{img.shape[1]}, expected "
                              f"{size}x{size} (use --size, or resize the dataset first)")
         out[i] = img.transpose(1, 2, 0)
-    folder = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(dst)}.tmp{os.getpid()}.npy")
-    try:
-        np.save(tmp, out)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with cli.atomic_output(dst) as f:
+        np.save(f, out)
     return len(files)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.parser("create_imagenet.py", __doc__.split("\n\n")[0])
     p.add_argument("src", help="folder of square images (searched recursively)")
     p.add_argument("dst", help="output .npy file")
     p.add_argument("--size", type=int, default=32, help="image side every file must have")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    cli.add_progress_argument(p)
     args = p.parse_args(argv)
-    if not args.dst.endswith(".npy"):
-        print("error: the output file must end in .npy", file=sys.stderr)
-        return 1
-    from utils.data import DataNotFoundError
-    try:
-        n = convert(args.src, args.dst, args.size, progress=not args.quiet)
-    except (DataNotFoundError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {n} images of {args.size}x{args.size} to {args.dst}")
-    return 0
+
+    def work():
+        from utils.data import DataNotFoundError
+        if not args.dst.endswith(".npy"):
+            raise cli.BadInput("the output file must end in .npy")
+        try:
+            n = convert(args.src, args.dst, args.size, progress=not args.no_progress)
+        except (DataNotFoundError, ValueError, OSError) as e:
+            raise cli.BadInput(str(e)) from None
+        print(f"wrote {n} images of {args.size}x{args.size} to {args.dst}")
+
+    return cli.run_main("create_imagenet.py", work)
 
 
 if __name__ == "__main__":
-    sys.path[0] = os.path.dirname(os.path.abspath(__file__))
     sys.exit(main())

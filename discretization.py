@@ -5,9 +5,10 @@
 * top layer: 2^q bins of equal mass under the prior Logistic(0, 1);
 * lower layers: 30 * 2^q samples of every z_i from the generative model
   (ancestral from the prior) pooled with 30 * 2^q from the inference model on
-  training images, then 2^q equal-width bins between each dimension's sample
-  min and max (scikit-learn KBinsDiscretizer, strategy 'uniform'); centre =
-  midpoint.  Only min and max matter for 'uniform', so they are tracked
+  training images (a seeded random subset of the whole training set), then
+  2^q equal-width bins between each dimension's sample min and max
+  (scikit-learn KBinsDiscretizer, strategy 'uniform'); centre = midpoint.
+  Only min and max matter for 'uniform', so they are tracked
   while sampling (no need to hold the samples) and the discretizer is fitted
   on those two rows: same edges as fitting on all samples.
 imagenetcrop: the training data are fixed 32x32 patches of the photos in
@@ -69,7 +70,7 @@ def latent_ranges(model, train_images, samples, batch=256, seed=0, progress=True
             mu, scale = model.generate(i, z)
             z = mu + scale * _logistic(mu.shape, gen, device)
             update(i - 1, z)
-    order = rng.permutation(np.resize(np.arange(len(train_images)), samples))
+    order = inference_images(len(train_images), samples, rng)
     for start, b in tqdm(steps, desc="inference samples", disable=not progress):
         x = torch.as_tensor(train_images[order[start:start + b]], dtype=torch.float32, device=device)
         given = x
@@ -78,6 +79,14 @@ def latent_ranges(model, train_images, samples, batch=256, seed=0, progress=True
             given = mu + scale * _logistic(mu.shape, gen, device)
             update(i, given)
     return lo, hi
+
+
+def inference_images(available, samples, rng):
+    """Indices of the training images the inference samples start from: a
+    seeded random subset of the whole set (as the authors' shuffled loader),
+    the whole set in random orders, repeated, when more samples are needed."""
+    rounds = -(-samples // available)
+    return np.concatenate([rng.permutation(available) for _ in range(rounds)])[:samples]
 
 
 def derive_bins(model, train_images, quantbits=10, samples_per_bin=SAMPLES_PER_BIN,

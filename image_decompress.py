@@ -21,8 +21,8 @@ def parse_args(argv):
     ap.add_argument("-o", "--output", help="output PNG (default: CONTAINER with suffix .decoded.png)")
     ap.add_argument("--model", default="demo",
                     help="model package folder or shipped name (see model/package.py)")
-    cli.add_device_argument(ap)
-    ap.set_defaults(device="file")
+    cli.add_device_argument(ap, default="file",
+                            note="; file: the device type the file was coded on")
     ap.add_argument("--force", action="store_true", help="overwrite an existing output file")
     cli.add_progress_argument(ap)
     ap.add_argument("--quiet", action="store_true", help="print nothing (implies --no-progress)")

@@ -11,7 +11,6 @@ Cases (every push is decoded and checked bit-for-bit):
 
 Usage: python benchmarks/coder_bench.py [--quick] [--repeats N]
 """
-import argparse
 import os
 import sys
 import time
@@ -20,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils import ans  # noqa: E402
+from utils import ans, cli  # noqa: E402
 from utils.distributions import (Bins, DiscretizedLogistic, LogisticBins,  # noqa: E402
                                  logistic_cdf, prior_bins)
 
@@ -206,7 +205,7 @@ def bench_constriction(rng, n, repeats, kind):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = cli.parser("coder_bench.py", __doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, one repeat (~20 s)")
     ap.add_argument("--repeats", type=int, default=None, help="timing repeats (median reported)")
     args = ap.parse_args()

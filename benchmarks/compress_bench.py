@@ -13,7 +13,6 @@ single-chain run on an ans.InterleavedMessage (one long message).
 default) against two plain convolutions per latent in the same run, the
 repeats of the two alternating so that the host's drift hits both alike.
 """
-import argparse
 import contextlib
 import os
 import sys
@@ -28,7 +27,7 @@ import torch  # noqa: E402
 
 from model.config import config_for  # noqa: E402
 from model.hvae import HVAE  # noqa: E402
-from utils import ans  # noqa: E402
+from utils import ans, cli  # noqa: E402
 from utils.bins import LatentBins  # noqa: E402
 from utils.bitsback import BitsBackCoder  # noqa: E402
 from utils.modules import separate_heads  # noqa: E402
@@ -72,9 +71,9 @@ def run_once(coder, images, layout):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="mnist,cifar")
-    p.add_argument("--chains", default="1,100")
+    p = cli.parser("compress_bench.py", __doc__.splitlines()[0])
+    p.add_argument("--models", default="mnist,cifar", help="comma list of mnist, cifar")
+    p.add_argument("--chains", default="1,100", help="comma list of chain counts")
     p.add_argument("--steps", type=int, default=2, help="images per chain per repeat")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--bitswap", type=int, default=1)

@@ -5,7 +5,6 @@ Not a test: run it and quote the figures.
 
   python benchmarks/patch_loader_bench.py [--data-root data/photos --batches 100 --workers 0]
 """
-import argparse
 import os
 import sys
 import time
@@ -15,6 +14,7 @@ sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, RandomSampler  # noqa: E402
 
+from utils import cli  # noqa: E402
 from utils.data import RandomPatches, training_datasets  # noqa: E402
 
 
@@ -30,7 +30,7 @@ def patches_per_second(dataset, batch, batches, workers):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = cli.parser("patch_loader_bench.py", __doc__.split("\n")[0])
     p.add_argument("--data-root", default="data/photos")
     p.add_argument("--patches-per-image", type=int, default=200)
     p.add_argument("--batch", type=int, default=64)

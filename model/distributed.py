@@ -25,8 +25,9 @@ import torch
 import torch.distributed as tdist
 
 
-def _launcher_env():
-    """(rank, world_size, local_rank) from torchrun or Open MPI, else None."""
+def launcher_env():
+    """(rank, world_size, local_rank) from torchrun or Open MPI (or MPICH),
+    else None: the one launcher detection of training and compression."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
@@ -164,7 +165,7 @@ def setup(enabled, use_cuda=False, engine="auto"):
     if engine == "horovod":
         hvd.init()
         return Distributed("horovod", hvd.rank(), hvd.size(), hvd.local_rank(), hvd)
-    launched = _launcher_env()
+    launched = launcher_env()
     if launched is None:
         raise DistributedSetupError("--dist=1 but no launcher found: start with `torchrun "
                                     "--nproc_per_node=N ...` or `mpiexec -np N ...` (or pass --dist=0)")

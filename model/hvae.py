@@ -152,10 +152,10 @@ class HVAE(nn.Module):
 
     # ---- conditionals -------------------------------------------------
     # Optionally run hidden activations in channels_last (converted after
-    # each input convolution). It spares oneDNN's layout reorders, but on the
-    # 2-core AVX2 CPU measured here its channels-last kernels were slower
-    # overall (20.4 vs 23.3 images/s, benchmarks/train_bench.py), so it is
-    # off by default; try it on other hardware.
+    # each input convolution). It spares oneDNN's layout reorders, but
+    # channels-last kernels are not faster everywhere (benchmarks/README.md,
+    # training), so it is off by default; time it on the hardware at hand
+    # with benchmarks/train_bench.py --channels-last.
     channels_last = False
 
     def _nhwc(self, t):

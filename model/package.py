@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from utils.bins import BinsError, LatentBins, bins_paths, ranges_path
-from utils.cli import BadInput, atomic_output, default_file_mode, one_line
+from utils.cli import BadInput, atomic_output, one_line
 
 FORMAT = "bitswap-model-1"
 CHECKPOINT_FORMAT = "bitswap-train-1"
@@ -438,7 +438,7 @@ def write_package(directory, state_dict, architecture, bins, name, dataset, weig
     record a weights fingerprint, it must be these weights'.  An existing
     package is replaced only with ``force``; every file is written
     atomically, model.json last (so a package is complete or absent)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
     if weights_kind not in ("ema", "raw", "unknown"):
         raise ModelError(f"weights_kind must be 'ema', 'raw' or 'unknown', got {weights_kind!r}")
     if bins.ranges is None:
@@ -454,14 +454,8 @@ def write_package(directory, state_dict, architecture, bins, name, dataset, weig
         raise ModelError(f"{descriptor} exists; pass --force to replace that package")
     os.makedirs(directory, exist_ok=True)
     weights_path = os.path.join(directory, WEIGHTS_FILE)
-    tmp = weights_path + ".partial"             # safetensors writes to a path, not a file
-    try:
-        save_file(state, tmp, metadata={"format": FORMAT, "name": name})
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, weights_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_output(weights_path) as f:
+        f.write(save(state, metadata={"format": FORMAT, "name": name}))
     bins.save_ranges(os.path.join(directory, BINS_FILE), weights_fingerprint=fingerprint)
     desc = dict(format=FORMAT, name=name, dataset=dataset, architecture=dict(architecture),
                 quantbits=int(bins.quantbits),

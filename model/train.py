@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from model import distributed, package
+from model import distributed, package, speed
 from model.config import config_for
 from model.hvae import HVAE
 from model.package import CHECKPOINT_FORMAT
@@ -64,7 +64,7 @@ class TrainingError(cli.RunFailure):
 # training checkpoint, the value that run used.
 SETTINGS = [
     ("--nz", int, "nz", "number of latent layers"),
-    ("--width", int, "width", "channels of every convolution (paper: depends on --nz)"),
+    ("--width", int, "width", "channels of every convolution"),
     ("--zchannels", int, "zchannels", "channels per latent layer"),
     ("--nprocessing", int, "nprocessing", "5x5 residual layers at the pixel side"),
     ("--blocks", int, "blocks", "residual layers dealt over the latent layers (resdepth)"),
@@ -78,8 +78,8 @@ SETTINGS = [
     ("--interval", int, "interval", "evaluate with EMA weights every N epochs"),
     ("--seed", int, "seed", "seed of the initial weights and the data order"),
     ("--patches-per-image", int, "patches_per_image",
-     "imagenetcrop: random 32x32 patches per image file and epoch (paper: 1; use more for a "
-     "small photo collection)"),
+     "imagenetcrop: random 32x32 patches per image file and epoch (more for a small photo "
+     "collection)"),
     ("--init-batches", int, "init_batches", "batches stacked for the data-dependent init"),
 ]
 ARCHITECTURE_FLAGS = ("--nz", "--width", "--zchannels", "--nprocessing", "--blocks", "--kernel")
@@ -98,9 +98,11 @@ def parse_args(dataset, argv=None):
     a = p.add_argument
     for flag, kind, name, text in SETTINGS:
         value = getattr(paper, name)
+        value = int(value) if name == "schedule" else value
         a(flag, type=kind, dest=name, default=None,
           choices=(0, 1) if name == "schedule" else None,
-          help=f"{text} (paper: {int(value) if name == 'schedule' else value})")
+          help=f"{text} (paper: {value}" + (f" at nz={paper.nz}, other nz: their own)"
+                                            if name == "width" else ")"))
     a("--dist", type=int, default=0, choices=(0, 1),
       help="1: data-parallel over the ranks of mpiexec/torchrun")
     a("--dist-engine", default="auto", choices=distributed.ENGINES, dest="dist_engine",
@@ -126,6 +128,11 @@ def parse_args(dataset, argv=None):
     a("--log-every", type=int, default=50, help="steps between TensorBoard scalars")
     a("--workers", type=int, default=None, help="data-loader workers (default 0 on CPU, 4 on GPU)")
     a("--threads", type=int, default=None, help="torch CPU threads per process")
+    a("--precision", default="fp32", choices=speed.PRECISIONS,
+      help="GPU arithmetic of the training steps (model/speed.py): fp32, tf32, or bf16 autocast "
+           "of the residual stacks; evaluations and exports stay float32")
+    a("--channels-last", action="store_true",
+      help="hidden activations in channels_last (faster on GPUs; slower on the 2-core CPU measured)")
     cli.add_progress_argument(p)
     a("--curve-minutes", type=float, default=None,
       help="every this many minutes of training (wall, evaluation excluded), evaluate the EMA "
@@ -139,11 +146,13 @@ def parse_args(dataset, argv=None):
              if getattr(args, name) is not None}
     if "schedule" in given:
         given["schedule"] = bool(given["schedule"])
-    args.resume_checkpoint = None
+    args.resume_checkpoint = args.resume_weights = None
     saved = resumed_settings(dataset, args)
     if saved is not None:
         base = {k: v for k, v in saved.items() if k != "dataset"}
         cfg = config_for(dataset, **{**base, **given})
+    elif args.resume:      # weights to start from: their architecture, the paper's training
+        cfg = config_for(dataset, **{**starting_architecture(dataset, args), **given})
     else:
         cfg = config_for(dataset, **given)
     if args.out is None:
@@ -173,6 +182,27 @@ def resumed_settings(dataset, args):
                        f"model/{saved['dataset']}_train.py")
     args.resume_checkpoint = (path, obj)
     return saved
+
+
+def starting_architecture(dataset, args):
+    """The architecture settings of --resume's weights (a package, a shipped
+    name, a state dict such as the authors' files), so that starting from
+    them needs no architecture flags; the weights are kept in
+    args.resume_weights."""
+    from model.hvae import HVAE
+    got = package.read_weights(args.resume)
+    if got["dataset"] not in (None, dataset):
+        raise BadInput(f"--resume {args.resume} is a {got['dataset']} model, not {dataset}")
+    arch = got["architecture"]
+    if arch is None:
+        try:
+            arch = HVAE.architecture_from_state_dict(got["state"])
+        except ValueError as exc:
+            raise BadInput(f"--resume {args.resume}: {exc}") from None
+    args.resume_weights = got
+    return dict(xs=tuple(arch["xs"]), nz=arch["nz"], zchannels=arch["zchannels"],
+                width=arch["width"], nprocessing=arch["nprocessing"], blocks=arch["resdepth"],
+                kernel=arch["kernel"], conditional_xscale=arch["conditional_xscale"])
 
 
 # ---- schedule, EMA --------------------------------------------------------
@@ -207,8 +237,11 @@ class EMA:
     def update(self, model, t):
         """Fold in the parameters after update number t (0-based)."""
         d = self.decay_at(t)
-        for k, p in model.named_parameters():
-            self.shadow[k].mul_(d).add_(p.detach(), alpha=1.0 - d)
+        pairs = list(model.named_parameters())
+        shadow = [self.shadow[k] for k, _ in pairs]
+        # one fused launch per operation for all tensors (same arithmetic as a loop)
+        torch._foreach_mul_(shadow, d)
+        torch._foreach_add_(shadow, [p.detach() for _, p in pairs], alpha=1.0 - d)
 
     def state_dict_of(self, model):
         """model.state_dict() with the parameters replaced by their averages."""
@@ -376,6 +409,8 @@ class Trainer:
                                 f"one batch of {cfg.batch}")
         torch.manual_seed(cfg.seed)  # same initial weights everywhere (and broadcast anyway)
         self.model = HVAE.from_config(cfg).to(self.device)
+        speed.apply_training_speed(self.model, getattr(args, "precision", "fp32"),
+                                   getattr(args, "channels_last", False), self.device.type)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.sampler = EpochSampler(len(self.train_set), self.batch, dist.rank,
                                     dist.world_size, cfg.seed)
@@ -412,7 +447,7 @@ class Trainer:
                 resumed = True
                 self._say(f"resumed {path} at epoch {self.epoch}, step {self.step}")
             else:   # weights to start from: a package, a state dict (the authors' files)
-                got = package.read_weights(args.resume)
+                got = args.resume_weights or package.read_weights(args.resume)
                 package.fit_state_dict(self.model, got["state"], got["source"])
                 self._say(f"starting from the weights in {got['source']}")
         else:
@@ -491,18 +526,19 @@ class Trainer:
         params = [p for p in self.model.parameters()]
         stats = torch.stack([objective.detach(), terms["elbo"].detach(),
                              terms["recon"].detach()]).float()
-        flat = torch.cat([p.grad.reshape(-1) for p in params] +
-                         [stats, terms["kl"].detach().float(),
+        tail = torch.cat([stats, terms["kl"].detach().float(),
                           torch.tensor([float(stop_request)], device=stats.device)])
-        if self.dist.active:
+        if self.dist.active:   # one all-reduce for the gradients and the statistics
+            flat = torch.cat([p.grad.reshape(-1) for p in params] + [tail])
             self.dist.all_reduce_sum(flat)
             flat /= self.dist.world_size
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad.copy_(flat[offset:offset + n].view_as(p))
-            offset += n
-        tail = flat[offset:].cpu()
+            offset = 0
+            for p in params:
+                n = p.numel()
+                p.grad.copy_(flat[offset:offset + n].view_as(p))
+                offset += n
+            tail = flat[offset:]
+        tail = tail.cpu()
         objective_mean = tail[0].item()
         if not math.isfinite(objective_mean):
             raise TrainingError(f"the loss became {objective_mean} at step {self.step} (epoch "
@@ -544,10 +580,8 @@ class Trainer:
         self._check_out_dir()
         self.start()
         if dist.is_root:  # the recipe, readable without loading the checkpoint
-            os.makedirs(self.out, exist_ok=True)
-            with open(os.path.join(self.out, "config.json"), "w") as f:
-                json.dump(dict(cfg.to_dict(), threads=torch.get_num_threads(),
-                               world_size=dist.world_size), f, indent=1)
+            cli.write_atomic(os.path.join(self.out, "config.json"), json.dumps(dict(
+                cfg.to_dict(), threads=torch.get_num_threads(), world_size=dist.world_size), indent=1))
         logger = Logger(args.log_dir, dist.is_root)
         t0 = last_ckpt = time.time()
         per_epoch = self.sampler.batches_per_epoch

@@ -43,7 +43,6 @@ Exit status: 0 done, 1 a source could not be obtained or read, 2 bad
 arguments or an inconsistent manifest. ROOT is replaced whole, and only if
 it is empty or was written by this script.
 """
-import argparse
 import hashlib
 import importlib.util
 import json
@@ -58,6 +57,8 @@ from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+from utils import cli  # noqa: E402
 
 MANIFEST = os.path.join(REPO, "scripts", "photo_manifest.json")
 DEBIAN_SOURCES = ("mate-backgrounds", "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04",
@@ -492,7 +493,7 @@ def _write_crops(root, files, images, part, side, budget, seed):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = cli.parser("get_demo_photos.py", __doc__.split("\n")[0])
     ap.add_argument("--root", default="data/photos", help="output folder (replaced whole)")
     ap.add_argument("--manifest", default=MANIFEST)
     ap.add_argument("--factors", default="1,2,4", help="downscale factors of the training photos")

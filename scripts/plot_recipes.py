@@ -16,7 +16,6 @@ CPU-minutes are the process CPU time the training steps used (evaluation
 excluded), which equals wall minutes x threads on an unloaded machine and
 stays comparable when other work shares the cores.
 """
-import argparse
 import csv
 import json
 import math
@@ -24,7 +23,11 @@ import os
 import shutil
 import sys
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from utils import cli  # noqa: E402
 
 KNOBS = ("width", "nz", "zchannels", "blocks", "batch", "lr", "decay", "dropout")
 
@@ -76,8 +79,7 @@ def extrapolate(run, budget_minutes):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser("plot_recipes.py", __doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="run folders with curve.csv and config.json")
     p.add_argument("--title", default="recipes")
     p.add_argument("--png", default=None, help="write the figure here")

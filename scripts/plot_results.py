@@ -6,17 +6,20 @@ Reads what the *_compress.py scripts wrote under RESULTS/{dataset}{nz}/
 ({bitswap,bbans}_{q}bits_{cmas,elbos,terms}.npy) and draws:
 * ``{dataset}_cma.png``: the paper's cumulative-moving-average figure, one
   panel per nz: Bit-Swap CMA vs BB-ANS CMA vs the -ELBO (mean over
-  experiments, bits/dim, initial bits included) over the number of images;
+  experiments, bits/dim, the paper's initial bits included) over the number of images;
 * ``{dataset}_layers.png``: stack plot of the per-layer contributions to the
   -ELBO (reconstruction and the KL of every latent layer), mean over images,
   one column per nz.
 A scheme whose results are missing is left out of a panel (with a note).
 """
-import argparse
 import os
 import sys
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from utils import cli  # noqa: E402
 
 
 def load(results, dataset, nz, scheme, quantbits, what):
@@ -45,7 +48,7 @@ def cma_figure(results, dataset, nzs, quantbits, path):
             ax.axhline(np.nanmean(elbo), color="k", lw=0.8, ls=":", label="-ELBO")
         ax.set_title(f"{dataset}, {nz} latent layer{'s' if nz > 1 else ''}")
         ax.set_xlabel("images compressed")
-        ax.set_ylabel("bits/dim (CMA incl. initial bits)")
+        ax.set_ylabel("bits/dim (CMA incl. initial bits, paper's definition)")
         ax.set_xscale("log")
         ax.legend() if ax.lines else ax.text(0.5, 0.5, "no results", ha="center",
                                              transform=ax.transAxes)
@@ -92,10 +95,11 @@ def layers_figure(results, dataset, nzs, quantbits, path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = cli.parser("plot_results.py", __doc__.splitlines()[0])
     p.add_argument("dataset", choices=["mnist", "cifar", "imagenet", "imagenetcrop"])
-    p.add_argument("--results", default="plots")
-    p.add_argument("--nz", default="2,4,8")
+    p.add_argument("--results", default="plots",
+                   help="folder holding the compress scripts' {dataset}{nz}/ result folders")
+    p.add_argument("--nz", default="2,4,8", help="comma-separated latent depths")
     p.add_argument("--quantbits", type=int, default=10)
     p.add_argument("--out", default=None, help="directory for the PNGs (default: RESULTS)")
     args = p.parse_args(argv)
@@ -105,8 +109,8 @@ def main(argv=None):
     cma_path = os.path.join(out, f"{args.dataset}_cma.png")
     layer_path = os.path.join(out, f"{args.dataset}_layers.png")
     if not cma_figure(args.results, args.dataset, nzs, args.quantbits, cma_path):
-        print(f"error: no results under {args.results}/{args.dataset}{{{args.nz}}}; run "
-              f"{args.dataset}_compress.py first", file=sys.stderr)
+        print(f"plot_results.py: error: no results under {args.results}/{args.dataset}{{{args.nz}}}; "
+              f"run {args.dataset}_compress.py first", file=sys.stderr)
         return 2
     layers_figure(args.results, args.dataset, nzs, args.quantbits, layer_path)
     print(f"wrote {cma_path}, {layer_path}")

@@ -30,10 +30,17 @@ budget from their model.json.
 Every step runs in this process (the scripts' ``main(argv)``); the first
 failing step stops the run with its exit status (2: bad input, 1: decode
 mismatch or a failed codec).  --reuse-results skips a compression whose
-summary JSON already matches this configuration and records the same
-weights-and-bins fingerprint (long runs can be resumed).
+summary JSON already matches this configuration, records the same
+weights-and-bins fingerprint and the current results format (long runs can
+be resumed).
+
+Initial bits are reported under both definitions (utils/experiment.py): the
+paper's (what the first image's first pops take, plus one 32-bit word; the
+paper's CMA figures are on this one) and the strict one (the deepest point
+the message reaches below its start) beside it.  -ELBO is the paper's (one
+fresh continuous posterior sample per image); net - ELBO is against it, and
+the coder's overhead is net minus the -ELBO at the coded latents.
 """
-import argparse
 import glob
 import json
 import os
@@ -50,6 +57,7 @@ if ROOT not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from utils import cli  # noqa: E402
 from utils.cli import write_atomic  # noqa: E402
 
 DATASET = "mnist"
@@ -67,7 +75,7 @@ PAPER = {
     8: dict(elbo=0.972, bitswap=dict(net=0.974, cma1=2.56, cma100=0.990),
             bbans=dict(net=None, cma1=16.79, cma100=1.132)),
 }
-PAPER_LZMA_PIXELS = 1.49      # the issue's target: Bit-Swap CMA@100 below LZMA (28x28)
+PAPER_LZMA_PIXELS = 1.49      # the target: Bit-Swap CMA@100 below LZMA (28x28)
 
 DISCUSSION_BEGIN = "<!-- DISCUSSION:BEGIN (hand-written; kept when the report is regenerated) -->"
 DISCUSSION_END = "<!-- DISCUSSION:END -->"
@@ -83,7 +91,7 @@ regenerated.)* Points a discussion covers:
 """
 
 
-class StepFailed(Exception):
+class StepFailed(cli.RunFailure):
     """A step failed with this exit status (a script's own message is
     already printed; ``message`` replaces the generic one otherwise)."""
 
@@ -142,7 +150,8 @@ def compress(args, nz, params, scheme, bitswap):
     path = summary_path(args, nz, scheme)
     if args.reuse_results and os.path.exists(path):
         old = _read_json(path)
-        if (old.get("decoded") and old.get("experiments") == args.experiments
+        if (old.get("decoded") and old.get("results_format") == experiment.RESULTS_FORMAT
+                and old.get("experiments") == args.experiments
                 and old.get("images") == args.images and old.get("seed") == args.seed
                 and old.get("fingerprint") == current_fingerprint(args, nz, params)):
             print(f"reusing {path}")
@@ -193,7 +202,7 @@ def training_budget(params):
     info = dict(run_dir=run, parameters=None, epochs=None, steps=None, batch=None,
                 images_seen=None, best_test_elbo=None, world_size=None, architecture=None,
                 tensorboard_wall_s=None, tensorboard_files=0, log_wall_s=None, device=None,
-                log_files=[])
+                log_files=[], hardware=None)
     info["parameters"] = int(sum(v.numel() for k, v in got["state"].items()
                                  if not k.endswith("num_batches_tracked")))
     if got["kind"] == "package":
@@ -295,11 +304,15 @@ def cma_points(images):
 
 
 def collect(args, argv, runs, bench, figures, elapsed):
+    from utils.experiment import RESULTS_FORMAT
     return dict(command="python scripts/reproduce_mnist.py " + shlex.join(argv),
+                results_format=RESULTS_FORMAT,
                 generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), elapsed_s=elapsed,
                 experiments=args.experiments, images=args.images, seed=args.seed,
                 quantbits=args.quantbits, dims_coded=DIMS_CODED, dims_pixels=DIMS_PIXELS,
-                hardware=hardware(), training_hardware=args.training_hardware,
+                hardware=hardware(), training_hardware=args.training_hardware or "; ".join(
+                    sorted({r["training"]["hardware"] for r in runs if r["training"].get("hardware")}))
+                or None,
                 runs=runs, benchmark=bench, figures=figures, paper={str(k): v for k, v in PAPER.items()})
 
 
@@ -313,25 +326,40 @@ def _mean(summary, key):
 
 
 def per_nz_rows(run, images):
-    """[(label, Bit-Swap value, BB-ANS value, paper Bit-Swap, paper BB-ANS, per-dim?)]."""
+    """[(label, Bit-Swap value, BB-ANS value, paper Bit-Swap, paper BB-ANS)], bits/dim."""
     bs, bb = run["bitswap"], run["bbans"]
     paper = PAPER.get(run["nz"])
     pb = paper["bitswap"] if paper else {}
     pa = paper["bbans"] if paper else {}
     pel = paper["elbo"] if paper else None
-    rows = [("-ELBO", _mean(bs, "elbo"), _mean(bb, "elbo"), pel, pel, True),
-            ("net", _mean(bs, "net"), _mean(bb, "net"), pb.get("net"), pa.get("net"), True),
-            ("net - ELBO", _mean(bs, "gap"), _mean(bb, "gap"),
-             _diff(pb.get("net"), pel), _diff(pa.get("net"), pel), True)]
+    rows = [("-ELBO (fresh posterior sample, as the paper)", _mean(bs, "elbo"),
+             _mean(bb, "elbo"), pel, pel),
+            ("-ELBO at the coded latents", _mean(bs, "elbo_coded"), _mean(bb, "elbo_coded"),
+             None, None),
+            ("net", _mean(bs, "net"), _mean(bb, "net"), pb.get("net"), pa.get("net")),
+            ("net - ELBO", _mean(bs, "net_minus_elbo"), _mean(bb, "net_minus_elbo"),
+             _diff(pb.get("net"), pel), _diff(pa.get("net"), pel)),
+            ("coder overhead (net - coded -ELBO)", _mean(bs, "coder_overhead"),
+             _mean(bb, "coder_overhead"), None, None)]
     for k in cma_points(images):
         key = {1: "cma1", 100: "cma100"}.get(k) if k == 1 or images == 100 else None
-        rows.append((f"CMA@{k}", _mean(bs, f"cma@{k}"), _mean(bb, f"cma@{k}"),
-                     pb.get(key), pa.get(key), True))
+        rows.append((f"CMA@{k}, paper's initial bits", _mean(bs, f"cma@{k}"),
+                     _mean(bb, f"cma@{k}"), pb.get(key), pa.get(key)))
+        rows.append((f"CMA@{k}, strict initial bits", _mean(bs, f"cma_strict@{k}"),
+                     _mean(bb, f"cma_strict@{k}"), None, None))
     return rows
 
 
 def _diff(a, b):
     return None if a is None or b is None else a - b
+
+
+def _paper_initial(nz, scheme):
+    """The paper's initial bits implied by its figures: (CMA@1 - -ELBO) * dims."""
+    p = PAPER.get(nz)
+    if p is None:
+        return ""
+    return f"~{(p[scheme]['cma1'] - p['elbo']) * DIMS_CODED:,.0f}"
 
 
 def render(report, discussion, report_dir):
@@ -345,13 +373,20 @@ def render(report, discussion, report_dir):
            f"(MNIST is padded to 32x32 = {DIMS_CODED}) unless marked *per pixel* "
            f"(x{DIMS_CODED}/{DIMS_PIXELS}, per pixel of the 28x28 image, the classical "
            "codecs' unit). Means over experiments; CMA includes the initial bits. "
+           "Initial bits by the paper's definition (the reference scripts': what the first "
+           "image's pops take before its first push -- Bit-Swap: the pop of z1, BB-ANS: all "
+           "nz pops -- plus one 32-bit word), the strict one (the deepest point the message "
+           "reaches below its start) beside it. -ELBO as the paper: at one fresh continuous "
+           "posterior sample per image; coder overhead = net minus the -ELBO at the coded "
+           f"latents. Results format {report.get('results_format', '—')}. "
            f"Generated {report['generated']} in {report['elapsed_s']:.0f} s.", ""]
     runs = report["runs"]
     out += ["## Summary (paper's numbers in brackets)", ""]
     for unit, scale in (("bits/dim, 32x32", 1.0), ("bits per pixel, 28x28", TO_PIXELS)):
         out += [f"{unit}:", "",
                 "| nz | -ELBO | Bit-Swap net | Bit-Swap CMA@last | BB-ANS CMA@last | "
-                "Bit-Swap CMA@1 | BB-ANS CMA@1 |", "|---|---|---|---|---|---|---|"]
+                "Bit-Swap CMA@1 | BB-ANS CMA@1 | Bit-Swap CMA@1, strict | BB-ANS CMA@1, strict |",
+                "|---|---|---|---|---|---|---|---|---|"]
         for run in runs:
             bs, bb = run["bitswap"], run["bbans"]
             p = PAPER.get(run["nz"])
@@ -365,9 +400,12 @@ def render(report, discussion, report_dir):
                        f"{cell(_mean(bs, 'cma@last'), p['bitswap']['cma100'] if p and last else None)} | "
                        f"{cell(_mean(bb, 'cma@last'), p['bbans']['cma100'] if p and last else None)} | "
                        f"{cell(_mean(bs, 'cma@1'), p['bitswap']['cma1'] if p else None)} | "
-                       f"{cell(_mean(bb, 'cma@1'), p['bbans']['cma1'] if p else None)} |")
+                       f"{cell(_mean(bb, 'cma@1'), p['bbans']['cma1'] if p else None)} | "
+                       f"{cell(_mean(bs, 'cma_strict@1'), None)} | "
+                       f"{cell(_mean(bb, 'cma_strict@1'), None)} |")
         out.append("")
-    out += ["CMA@last is CMA@%d (the paper's CMA@100 when n = 100)." % n, ""]
+    out += ["CMA@last is CMA@%d (the paper's CMA@100 when n = 100), with the paper's "
+            "initial bits, as every CMA not marked strict." % n, ""]
 
     out += ["## Per nz", ""]
     for run in runs:
@@ -375,14 +413,19 @@ def render(report, discussion, report_dir):
                 f"Checkpoint `{run['params']}`, bins `{run['bins_dir']}` ({run['bins']}).", "",
                 "| metric | Bit-Swap | BB-ANS | paper Bit-Swap | paper BB-ANS | "
                 "Bit-Swap per pixel | BB-ANS per pixel |", "|---|---|---|---|---|---|---|"]
-        for label, a, b, pa, pb, _ in per_nz_rows(run, n):
+        for label, a, b, pa, pb in per_nz_rows(run, n):
             out.append(f"| {label} | {_f(a)} | {_f(b)} | {_f(pa, 3)} | {_f(pb, 3)} | "
-                       f"{_f(a and a * TO_PIXELS)} | {_f(b and b * TO_PIXELS)} |")
+                       f"{_f(None if a is None else a * TO_PIXELS)} | "
+                       f"{_f(None if b is None else b * TO_PIXELS)} |")
         bs, bb = run["bitswap"], run["bbans"]
-        gap_pct = [100 * _mean(s, "gap") / _mean(s, "elbo") for s in (bs, bb)]
+        gap_pct = [100 * _mean(s, "net_minus_elbo") / _mean(s, "elbo") for s in (bs, bb)]
         out += [f"| (net - ELBO) / ELBO, % | {gap_pct[0]:.3f} | {gap_pct[1]:.3f} | | | | |",
-                f"| initial bits (per experiment) | {_f(_mean(bs, 'initial_bits'), 1)} | "
-                f"{_f(_mean(bb, 'initial_bits'), 1)} | | | | |",
+                f"| initial bits, paper's definition (bits) | "
+                f"{_f(_mean(bs, 'initial_bits'), 1)} | {_f(_mean(bb, 'initial_bits'), 1)} "
+                f"| {_paper_initial(run['nz'], 'bitswap')} | {_paper_initial(run['nz'], 'bbans')} "
+                "| | |",
+                f"| initial bits, strict (bits) | {_f(_mean(bs, 'initial_bits_strict'), 1)} | "
+                f"{_f(_mean(bb, 'initial_bits_strict'), 1)} | | | | |",
                 f"| encode / decode ms per image | {bs['encode_ms_per_image']:.1f} / "
                 f"{bs['decode_ms_per_image']:.1f} | {bb['encode_ms_per_image']:.1f} / "
                 f"{bb['decode_ms_per_image']:.1f} | | | | |", ""]
@@ -452,9 +495,11 @@ def checks(report):
     lines = []
     for run in runs:
         bs = run["bitswap"]
-        pct = 100 * _mean(bs, "gap") / _mean(bs, "elbo")
-        lines.append(f"- nz={run['nz']}: Bit-Swap net - ELBO = {pct:.3f}% of -ELBO "
-                     f"({'within' if abs(pct) <= 0.5 else 'NOT within'} 0.5%).")
+        gap = _mean(bs, "net_minus_elbo")
+        pct = 100 * gap / _mean(bs, "elbo")
+        lines.append(f"- nz={run['nz']}: Bit-Swap net - ELBO = {gap:+.4f} bits/dim = {pct:.3f}% "
+                     f"of -ELBO ({'within' if abs(pct) <= 0.5 else 'NOT within'} 0.5%); coder "
+                     f"overhead (net - coded -ELBO) {_mean(bs, 'coder_overhead'):+.5f} bits/dim.")
     lzma = report["benchmark"]["codecs"].get("lzma", {})
     best = min(runs, key=lambda r: _mean(r["bitswap"], "cma@last"))
     v = _mean(best["bitswap"], "cma@last") * TO_PIXELS
@@ -471,6 +516,10 @@ def checks(report):
                      f"({'grows' if grows else 'does NOT grow'} with nz); Bit-Swap "
                      f"{', '.join(_f(x, 3) for x in bs1)} (spread "
                      f"{max(bs1) - min(bs1):.3f}).")
+        strict = [_mean(r["bitswap"], "initial_bits_strict") for r in runs]
+        lines.append(f"- Bit-Swap strict initial bits over nz = {nzs}: "
+                     f"{', '.join(_f(x, 0) for x in strict)} (BB-ANS: "
+                     f"{', '.join(_f(_mean(r['bbans'], 'initial_bits_strict'), 0) for r in runs)}).")
     return lines
 
 
@@ -509,7 +558,7 @@ def export(args, folder):
         path = package.write_package(
             os.path.join(folder, f"{DATASET}-nz{nz}"), got["state"], model.architecture,
             model.bins, f"{DATASET}-nz{nz}", DATASET, model.weights_kind, training=training,
-            notes={"made_by": "python scripts/reproduce_mnist.py --export"}, force=True)
+            notes={"made_by": "python scripts/reproduce_mnist.py --export"}, force=args.force)
         print(f"exported {params} -> {path}")
     return 0
 
@@ -529,9 +578,9 @@ def _exists(spec):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = cli.parser("reproduce_mnist.py", __doc__.splitlines()[0])
     p.add_argument("--nz", default="2,4,8", help="comma-separated latent depths")
-    p.add_argument("--params-dir", default="runs")
+    p.add_argument("--params-dir", default="runs", help="folder of the training runs")
     p.add_argument("--params-template", default="{params_dir}/mnist_nz{nz}/model_best.pt",
                    help="checkpoint path with {nz} (and optionally {params_dir})")
     p.add_argument("--bins", default=None,
@@ -555,6 +604,8 @@ def parse_args(argv):
     p.add_argument("--export", metavar="FOLDER", default=None,
                    help="only write each model with its bins as a package "
                         "FOLDER/mnist-nz{nz} (float16, training budget in model.json) and exit")
+    p.add_argument("--force", action="store_true",
+                   help="with --export: replace existing packages (e.g. the shipped ones)")
     args = p.parse_args(argv)
     try:
         args.nz = [int(x) for x in args.nz.split(",") if x.strip()]
@@ -571,39 +622,38 @@ def parse_args(argv):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    return cli.run_main("reproduce_mnist.py", lambda: reproduce(args, argv))
+
+
+def reproduce(args, argv):
+    from model import package
     if args.threads:
         torch.set_num_threads(args.threads)
     missing = [checkpoint_path(args, nz) for nz in args.nz if not _exists(checkpoint_path(args, nz))]
     if missing:
-        print(f"error: checkpoint(s) not found: {', '.join(missing)}; train them with "
-              f"`python model/mnist_train.py --nz N` (or pass --params-template)", file=sys.stderr)
-        return 2
+        raise cli.BadInput(f"checkpoint(s) not found: {', '.join(missing)}; train them with "
+                           "`python model/mnist_train.py --nz N` (or pass --params-template)")
     if args.export:
         return export(args, args.export)
     t0 = time.time()
     runs = []
-    try:
-        for nz in args.nz:
-            params = checkpoint_path(args, nz)
-            print(f"== nz={nz}: {params}", flush=True)
-            run = dict(nz=nz, params=params, bins=ensure_bins(args, nz, params))
-            for scheme, _, bitswap in SCHEMES:
-                run[scheme] = compress(args, nz, params, scheme, bitswap)
-                run["bins_dir"] = run[scheme].get("bins")
-                if not run[scheme].get("decoded"):
-                    raise StepFailed(f"{scheme} nz={nz} was not decoded", 1)
-            run["training"] = training_budget(params)
-            runs.append(run)
-        bench = benchmark(args)
-        chosen = np.array(runs[0]["bitswap"]["selection"])
-        if not np.array_equal(chosen, np.array(bench["indices"])):
-            print("error: benchmark_compress.py coded other images than mnist_compress.py",
-                  file=sys.stderr)
-            return 1
-        figures = plot(args)
-    except StepFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.status
+    for nz in args.nz:
+        params = checkpoint_path(args, nz)
+        print(f"== nz={nz}: {params}", flush=True)
+        run = dict(nz=nz, params=params, bins=ensure_bins(args, nz, params))
+        run["bins_dir"] = package.load(params, dataset=DATASET, nz=nz, quantbits=args.quantbits,
+                                       bins_dir=args.bins).bins.source
+        for scheme, _, bitswap in SCHEMES:
+            run[scheme] = compress(args, nz, params, scheme, bitswap)
+            if not run[scheme].get("decoded"):
+                raise StepFailed(f"{scheme} nz={nz} was not decoded", 1)
+        run["training"] = training_budget(params)
+        runs.append(run)
+    bench = benchmark(args)
+    chosen = np.array(runs[0]["bitswap"]["selection"])
+    if not np.array_equal(chosen, np.array(bench["indices"])):
+        raise cli.RunFailure("benchmark_compress.py coded other images than mnist_compress.py")
+    figures = plot(args)
     report = collect(args, argv, runs, bench, figures, time.time() - t0)
     write_atomic(os.path.join(args.out, "reproduction.json"), json.dumps(report, indent=1))
     write_atomic(args.report, render(report, existing_discussion(args.report),

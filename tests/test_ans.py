@@ -230,3 +230,56 @@ def test_peek_advance_low_level_verbs():
     assert msg == pushed
     msg.advance(start, freq)
     assert msg == before
+
+
+@pytest.mark.parametrize("precision", [16, ans.DEFAULT_PRECISION, 31])
+def test_certain_symbol_leaves_the_message_alone(precision):
+    """A symbol of frequency 2^p carries no information: pushing it must not
+    emit a word or change the head, even at the largest head (where the
+    emission bound freq * 2^(64-p) wraps to 0 in uint64)."""
+    for head in ((1 << 64) - 1, 1 << 63, 1 << 32):
+        msg = ans.Message(np.array([head, head], np.uint64), [np.array([7], np.uint32)] * 2,
+                          precision=precision)
+        before = msg.copy()
+        msg.push(np.zeros(2, np.int64), np.full(2, 1 << precision, np.int64))
+        assert msg == before and int(msg.head[0]) == head
+        out = msg.pop(1, lambda sl, cf: (np.zeros(2, np.int64), np.zeros(2, np.uint64),
+                                         np.full(2, 1 << precision, np.uint64)))
+        assert msg == before and out.tolist() == [0, 0]
+
+
+def exact_push(x, start, freq, p, words):
+    """The push of the module docstring in exact Python integers."""
+    if x >= freq << (64 - p):
+        words.append(x & 0xFFFFFFFF)
+        x >>= 32
+    return (x // freq << p) + x % freq + start
+
+
+def test_precision_31_extremes_agree_with_exact_integers():
+    """p = 31 (the authors' coder): heads at both ends of [2^32, 2^64) with
+    the smallest and largest frequencies and the extreme starts, pushed and
+    popped, equal the same formulas in exact integers, and every head stays
+    inside [2^32, 2^64)."""
+    p = 31
+    total = 1 << p
+    cases = [(0, 1), (total - 1, 1), (0, total - 1), (1, total - 1), (0, total),
+             (total // 2, total // 2), (12345, 3)]
+    heads = [1 << 32, (1 << 33) - 1, 1 << 63, (1 << 64) - 1, (1 << 64) - (1 << 31)]
+    lanes = len(heads)
+    for start, freq in cases:
+        starts = np.full((lanes, 3), start, np.int64)
+        freqs = np.full((lanes, 3), freq, np.int64)
+        msg = ans.Message(np.array(heads, np.uint64), [np.zeros(0, np.uint32)] * lanes,
+                          precision=p)
+        before = msg.copy()
+        msg.push(starts, freqs)
+        for lane, head in enumerate(heads):
+            words, x = [], head
+            for _ in range(3):
+                x = exact_push(x, start, freq, p, words)
+                assert (1 << 32) <= x < (1 << 64)
+            assert int(msg.head[lane]) == x
+            assert msg.stack(lane).tolist() == words
+        pop_all(msg, starts, freqs)
+        assert msg == before

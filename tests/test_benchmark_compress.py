@@ -139,8 +139,20 @@ def test_mnist_idx(tmp_path, capsys):
     gz = result["codecs"]["gzip"]
     assert gz["bits_per_dim_mean"] == pytest.approx(np.mean(gz["bits_per_dim"]))
     assert gz["bits_per_dim_std"] == pytest.approx(np.std(gz["bits_per_dim"]))
-    assert gz["reference_bits_per_dim"] == 1.65
-    assert "gzip" in out and "1.65" in out and "WebP lossless" in out
+    # 3 x 20 images is not the published protocol: no reference figures beside it
+    assert gz["reference_bits_per_dim"] is None and "1.65" not in out
+    assert "omitted: published figures are for the full protocol" in out
+    assert "bits/px = bits per pixel of the 28x28 image" in out and "WebP lossless" in out
+    # the full protocol (100 x 100 test images, seed 100) shows them
+    from types import SimpleNamespace
+    full = SimpleNamespace(dataset="mnist", seed=100, split="test", codecs=["gzip"])
+    batches = [np.zeros((100, 28, 28, 1), np.uint8)] * 100
+    summary = benchmark_compress.summarize(full, batches, {"gzip": [1.6] * 100}, {}, {}, {})
+    assert summary["codecs"]["gzip"]["reference_bits_per_dim"] == 1.65
+    assert "1.65" in benchmark_compress.format_table(summary)
+    smaller = SimpleNamespace(dataset="mnist", seed=7, split="test", codecs=["gzip"])
+    summary = benchmark_compress.summarize(smaller, batches, {"gzip": [1.6] * 100}, {}, {}, {})
+    assert summary["codecs"]["gzip"]["reference_bits_per_dim"] is None
 
 
 def test_cifar_pickle_all_codecs(tmp_path, capsys):
@@ -194,7 +206,7 @@ def test_imagenetcrop_uses_rgb_only(tmp_path, capsys):
                         "--experiments", "2", "--codecs", "gzip"], capsys)
     assert rc == 0, err
     assert "full-size ImageNet: 2 experiments x 1 images" in out
-    assert "5.96" in out
+    assert "5.96" not in out and "published figures are for the full protocol (100 full-size" in out
 
 
 # ----------------------------------------------------------------- bad input

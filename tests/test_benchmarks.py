@@ -29,3 +29,23 @@ def test_patch_loader_bench_runs_on_a_photo_folder(tmp_path, capsys):
                                    "--batch", "4", "--batches", "2"])
     assert got["cached"] > 0 and got["uncached"] > 0
     assert "3 training files" in capsys.readouterr().out
+
+
+def test_train_bench_prints_one_rate_per_setting(capsys):
+    import torch
+    from benchmarks import train_bench
+    threads = torch.get_num_threads()
+    try:
+        train_bench.main(["--nz", "2", "--width", "8", "--batch", "4,8", "--precision", "fp32,bf16",
+                          "--channels-last", "both", "--steps", "1", "--repeats", "1",
+                          "--warmup", "1", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 8
+    for batch in (4, 8):
+        for precision in ("fp32", "bf16"):
+            for layout in ("NCHW", "channels_last"):
+                line = next(ln for ln in lines if ln.startswith(f"{layout} {precision} ")
+                            and f"batch={batch} " in ln)
+                assert float(line.split("median ")[1].split(" images/s")[0]) > 0

@@ -2,6 +2,7 @@
 with tiny checkpoints: outputs, metrics, protocol, bad inputs, process split."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -40,18 +41,48 @@ def test_mnist_outputs_metrics_and_protocol(tmp_path, capsys):
                             "--bitswap", "0"))
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert "decoded and verified" in out and "cma@1" in out and "gap" in out
+    assert "decoded and verified" in out
+    assert "bits/dim = bits per dim of the 32x32-padded image" in out     # the unit, stated
+    for text in ("initial bits, paper's definition", "initial bits, strict: deepest point",
+                 "CMA@1, paper's initial bits", "CMA@1, strict initial bits",
+                 "-ELBO, fresh posterior sample as the paper", "coder overhead"):
+        assert text in out, text
     prefix = tmp_path / "out" / "bbans_6bits"
-    nets, elbos, cmas, total = (np.load(f"{prefix}_{k}.npy") for k in ("nets", "elbos", "cmas", "total"))
-    assert nets.shape == elbos.shape == cmas.shape == total.shape == (3, 3)
-    np.testing.assert_allclose(cmas, total / (1024 * np.arange(1, 4)))
+    arrays = {k: np.load(f"{prefix}_{k}.npy") for k in (
+        "nets", "elbos", "elbos_coded", "cmas", "total", "initial", "cmas_strict",
+        "total_strict", "initial_strict")}
+    assert all(a.shape == (3, 3) for a in arrays.values())
+    for suffix in ("", "_strict"):
+        np.testing.assert_allclose(arrays["cmas" + suffix],
+                                   arrays["total" + suffix] / (1024 * np.arange(1, 4)))
     summary = json.loads((tmp_path / "out" / "bbans_6bits_summary.json").read_text())
     assert summary["decoded"] and summary["scheme"] == "bbans"
-    assert summary["summary"]["net"]["mean"] == pytest.approx(nets.mean())
+    assert summary["results_format"] == 2
+    s = summary["summary"]
+    assert s["net"]["mean"] == pytest.approx(arrays["nets"].mean())
+    assert s["net_minus_elbo"]["mean"] == pytest.approx((arrays["nets"] - arrays["elbos"]).mean())
+    assert s["coder_overhead"]["mean"] == pytest.approx(
+        (arrays["nets"] - arrays["elbos_coded"]).mean())
+    assert s["initial_bits"]["mean"] == pytest.approx(arrays["initial"][:, 0].mean())
+    assert s["initial_bits_strict"]["mean"] == pytest.approx(arrays["initial_strict"][:, -1].mean())
+    assert s["cma_strict@3"]["mean"] == pytest.approx(arrays["cmas_strict"][:, 2].mean())
     # the paper's selection: images are test images indices[e, j], padded to 32x32
     idx = np.array(summary["selection"])
     np.testing.assert_array_equal(idx, protocol.select_experiments(30, 3, 3, 100))
     assert len(np.unique(idx)) == 9 and test.shape == (30, 28, 28)
+
+
+def test_mnist_is_padded_by_two_on_every_side():
+    from utils.experiment import pad_to_model
+    images = np.random.default_rng(0).integers(1, 256, (3, 1, 28, 28), dtype=np.uint8)
+    padded = pad_to_model("mnist", images)
+    assert padded.shape == (3, 1, 32, 32)
+    np.testing.assert_array_equal(padded[:, :, 2:30, 2:30], images)
+    border = np.ones((32, 32), bool)
+    border[2:30, 2:30] = False
+    assert (padded[:, :, border] == 0).all()
+    cifar = images.repeat(3, 1)[:, :, :, :28]
+    assert pad_to_model("cifar", cifar) is cifar
 
 
 def test_cifar_no_decode(tmp_path, capsys):
@@ -66,13 +97,14 @@ def test_cifar_no_decode(tmp_path, capsys):
 
 
 def test_imagenetcrop_codes_blocks_of_cropped_photos(tmp_path, capsys):
-    folder = tmp_path / "photos"
+    """The test photos are found where training and discretization look too:
+    DATA_ROOT/imagenetcrop/test (one data-path convention)."""
+    folder = tmp_path / "data" / "imagenetcrop" / "test"
     write_folder(str(folder), sizes=((40, 70), (64, 33), (33, 40)), gray=(40, 40), tiny=True,
                  broken=False)
     _, params = make_checkpoint(tmp_path, "imagenetcrop", 1, xs=(3, 32, 32), zchannels=2,
                                 conditional_xscale=True)
-    rc = main("imagenetcrop", args(tmp_path, params, 1, "--experiments", "3", "--folder",
-                                   str(folder)))
+    rc = main("imagenetcrop", args(tmp_path, params, 1, "--experiments", "3"))
     assert rc == 0, capsys.readouterr()
     cmas = np.load(tmp_path / "out" / "bitswap_6bits_cmas.npy")
     # 40x70 -> 32x64: 2 blocks; 64x33 -> 64x32: 2 blocks; 33x40 -> 32x32: 1 block
@@ -143,24 +175,79 @@ def test_default_model_is_the_shipped_one(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "out" / "bitswap_10bits_summary.json").read_text())
     assert summary["params"] == "mnist-nz8" and summary["decoded"]
+    # the default output folder (plots/mnist8) is ignored by git
+    ignored = subprocess.run(["git", "check-ignore", "-q", "plots/mnist8/bitswap_10bits_nets.npy"],
+                             cwd=ROOT)
+    assert ignored.returncode == 0
     rc = main("cifar", ["--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "o2")])
     assert rc == 2 and "no shipped cifar model" in capsys.readouterr().err
 
 
-def test_split_across_processes_like_torchrun(tmp_path):
+ARRAY_NAMES = ("nets", "elbos", "elbos_coded", "initial", "total", "cmas", "initial_strict",
+               "total_strict", "cmas_strict", "terms", "terms_coded")
+
+
+def two_process_command(launcher, cmd):
+    if launcher == "torchrun":
+        from test_distributed import free_port
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                f"--master_port={free_port()}"] + cmd[1:], {}
+    assert shutil.which("mpiexec"), "mpiexec missing: scripts/setup.sh installs openmpi-bin"
+    return (["mpiexec", "--oversubscribe", "-np", "2"] + cmd,
+            {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+             "OMPI_MCA_rmaps_base_oversubscribe": "1"})
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "mpiexec"])
+def test_two_processes_give_the_arrays_of_one(tmp_path, launcher):
+    """Experiments split over 2 processes give exactly the arrays of one
+    process (chains seeded by experiment id, fixed network blocks); part
+    files left by an aborted run are removed, not merged."""
     write_mnist(str(tmp_path / "data"), n_test=20, n_train=2)
-    _, params = make_checkpoint(tmp_path, "mnist", 1)
-    cmd = [sys.executable, os.path.join(ROOT, "mnist_compress.py"),
-           *args(tmp_path, params, 1, "--experiments", "3", "--images", "2")]
-    env = dict(os.environ, WORLD_SIZE="2", OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen(cmd, env=dict(env, RANK=str(r)), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in (1, 0)]
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
-    assert "3 experiments x 2 images" in outs[1][0]
-    nets = np.load(tmp_path / "out" / "bitswap_6bits_nets.npy")
-    assert nets.shape == (3, 2) and np.isfinite(nets).all()
-    assert not list((tmp_path / "out").glob("*part*"))
+    _, params = make_checkpoint(tmp_path, "mnist", 2)
+    base = args(tmp_path, params, 2, "--experiments", "5", "--images", "2", "--net-batch", "2")
+    assert main("mnist", base) == 0
+    one = {k: np.load(tmp_path / "out" / f"bitswap_6bits_{k}.npy") for k in ARRAY_NAMES}
+    out2 = tmp_path / "out2"
+    out2.mkdir()
+    stale = {k: np.zeros((2, 2)) for k in ARRAY_NAMES}
+    np.savez(out2 / "bitswap_6bits_part1of2.npz", experiments=np.array([0, 1]), **stale)
+    np.savez(out2 / "bitswap_6bits_part0of3.npz", experiments=np.array([0, 1]), **stale)
+    argv = [a if a != str(tmp_path / "out") else str(out2) for a in base]
+    cmd, env_extra = two_process_command(
+        launcher, [sys.executable, os.path.join(ROOT, "mnist_compress.py"), *argv])
+    env = dict(os.environ, OMP_NUM_THREADS="1", **env_extra)
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "5 experiments x 2 images" in r.stdout
+    for k in ARRAY_NAMES:
+        np.testing.assert_array_equal(np.load(out2 / f"bitswap_6bits_{k}.npy"), one[k], err_msg=k)
+    summary = json.loads((out2 / "bitswap_6bits_summary.json").read_text())
+    assert summary["processes"] == 2
+    assert not list(out2.glob("*part*"))
+
+
+def test_precision_31_the_authors_coder(tmp_path, capsys):
+    """--precision 31 codes and decodes; the net rate moves only slightly."""
+    write_mnist(str(tmp_path / "data"), n_test=12, n_train=2)
+    _, params = make_checkpoint(tmp_path, "mnist", 2)
+    nets = {}
+    for p in (28, 31):
+        out = tmp_path / f"p{p}"
+        argv = args(tmp_path, params, 2, "--experiments", "2", "--images", "3",
+                    "--precision", str(p))
+        argv[argv.index("--out") + 1] = str(out)
+        assert main("mnist", argv) == 0
+        assert "decoded and verified" in capsys.readouterr().out
+        summary = json.loads((out / "bitswap_6bits_summary.json").read_text())
+        assert summary["precision"] == p
+        nets[p] = np.load(out / "bitswap_6bits_nets.npy")
+    assert not np.array_equal(nets[28], nets[31])
+    assert abs(nets[31].mean() - nets[28].mean()) < 0.01 * nets[28].mean()
+    assert main("mnist", args(tmp_path, params, 2, "--precision", "32")) == 2
+    assert "--precision must be in [16, 31]" in capsys.readouterr().err
 
 
 def test_plot_script_writes_pngs(tmp_path, capsys):

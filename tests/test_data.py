@@ -110,7 +110,7 @@ def test_create_imagenet_round_trip_and_validation(tmp_path, capsys):
     dst = tmp_path / "data" / "imagenet" / "train_32x32.npy"
     env = dict(os.environ, PYTHONPATH=ROOT)
     r = subprocess.run([sys.executable, os.path.join(ROOT, "create_imagenet.py"),
-                        str(tmp_path / "train_32x32"), str(dst), "--quiet"],
+                        str(tmp_path / "train_32x32"), str(dst), "--no-progress"],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     arr = np.load(dst)
@@ -119,7 +119,7 @@ def test_create_imagenet_round_trip_and_validation(tmp_path, capsys):
     # a wrong-size image: clear error, previous output untouched
     sd.write_png_folder(str(tmp_path / "train_32x32" / "odd"), 1, 30, 32, seed=10)
     before = dst.read_bytes()
-    assert create_imagenet.main([str(tmp_path / "train_32x32"), str(dst), "--quiet"]) == 1
+    assert create_imagenet.main([str(tmp_path / "train_32x32"), str(dst), "--no-progress"]) == 2
     assert "expected 32x32" in capsys.readouterr().err
     assert dst.read_bytes() == before
     assert sorted(os.listdir(dst.parent)) == ["train_32x32.npy"]

@@ -40,6 +40,64 @@ def test_derive_bins_layers():
     assert bins.layers[2].kind == "equal_mass"
 
 
+class FixedLatents(torch.nn.Module):
+    """Every dimension of every lower layer has its own value under the
+    generative model (GEN) and under the inference model (INF), with
+    negligible noise; the inference model records the images it is given."""
+
+    GEN = np.array([-3.0, 0.0, 1.0, 10.0])
+    INF = np.array([-1.0, 5.0, 2.0, 11.0])
+    nz, zdim = 2, (1, 2, 2)
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.seen = []
+
+    def _at(self, values, b):
+        mu = torch.as_tensor(values, dtype=torch.float32).reshape((1,) + self.zdim)
+        return mu.expand((b,) + self.zdim), torch.full((b,) + self.zdim, 1e-7)
+
+    def generate(self, i, given):
+        return self._at(self.GEN, given.shape[0])
+
+    def infer(self, i, given):
+        if i == 0:
+            self.seen += given[:, 0, 0, 0].long().tolist()
+        return self._at(self.INF, given.shape[0])
+
+
+def test_bins_span_each_dimensions_own_sample_range():
+    """Equal-width bins between each dimension's own sample min and max (not
+    one range for a whole layer)."""
+    images = np.arange(40, dtype=np.uint8)[:, None, None, None] * np.ones((1, 1, 4, 4), np.uint8)
+    bins = discretization.derive_bins(FixedLatents(), images, quantbits=2, samples_per_bin=5,
+                                      batch=7, progress=False)
+    lo, hi = np.minimum(FixedLatents.GEN, FixedLatents.INF), np.maximum(FixedLatents.GEN,
+                                                                         FixedLatents.INF)
+    np.testing.assert_allclose(bins.ranges[0], np.stack([lo, hi], 1), atol=1e-4)
+    edges = np.concatenate([lo[:, None], bins.endpoints[0], hi[:, None]], 1)
+    np.testing.assert_allclose(np.diff(edges, axis=1), np.repeat((hi - lo)[:, None] / 4, 4, 1),
+                               atol=1e-4)
+
+
+@pytest.mark.parametrize("samples", [20, 130])
+def test_inference_samples_from_a_seeded_random_subset_of_the_whole_set(samples):
+    images = np.arange(50, dtype=np.uint8)[:, None, None, None] * np.ones((1, 1, 4, 4), np.uint8)
+    seen = {}
+    for seed in (0, 0, 1):
+        model = FixedLatents()
+        discretization.latent_ranges(model, images, samples, batch=8, seed=seed, progress=False)
+        seen.setdefault(seed, []).append(model.seen)
+    first = seen[0][0]
+    assert seen[0][1] == first and seen[1][0] != first           # seeded
+    counts = np.bincount(first, minlength=50)
+    assert len(first) == samples and counts.max() - counts.min() <= 1   # no image twice too many
+    if samples < 50:
+        assert max(first) >= samples          # not just the first images of the set
+        assert sorted(first) != sorted(seen[1][0])
+
+
 def test_bins_files_round_trip_in_the_authors_names(tmp_path):
     bins = LatentBins.prior_only(2, 10, 3)
     paths = bins.save(str(tmp_path), "cifar")
@@ -52,21 +110,41 @@ def test_bins_files_round_trip_in_the_authors_names(tmp_path):
     np.testing.assert_array_equal(back.centres, bins.centres)
 
 
-def test_authors_layout_loads(tmp_path):
-    """The authors' files: plain tensors (nz, zdim, 2^q - 1) / (nz, zdim, 2^q), float32 ok."""
-    e, c = prior_bins(4)
-    lower = np.linspace(-3, 3, 17)
-    endpoints = torch.tensor(np.stack([np.tile(lower[1:-1], (256, 1)), np.tile(e, (256, 1))]),
-                             dtype=torch.float32)
+def test_authors_files_load_as_they_are_and_code(tmp_path):
+    """The authors' files: plain tensors (nz, zdim, 2^q - 1) / (nz, zdim, 2^q),
+    the top layer's quantiles computed in float32, equal adjacent endpoints
+    where samples were tied; loaded unchanged, fast paths kept, lossless."""
+    from utils import ans
+    from utils.bitsback import BitsBackCoder, restored_initial_message
+    K = 16
+    u = torch.arange(1, K, dtype=torch.float32) / K
+    top = (torch.log(u) - torch.log1p(-u)).numpy()          # float32, as the authors' Bins
+    c = prior_bins(4)[1]
+    lower = np.linspace(-3, 3, K + 1)
+    low_e = np.tile(lower[1:-1], (256, 1))
+    low_e[7, 3:6] = low_e[7, 3]                             # two empty bins in one dimension
+    endpoints = torch.tensor(np.stack([low_e, np.tile(top, (256, 1))]), dtype=torch.float32)
     centres = torch.tensor(np.stack([np.tile(0.5 * (lower[1:] + lower[:-1]), (256, 1)),
                                      np.tile(c, (256, 1))]), dtype=torch.float32)
     pe, pc = bins_paths(str(tmp_path), "mnist", 2, 4)
     torch.save(endpoints, pe)
     torch.save(centres, pc)
     bins = LatentBins.load(str(tmp_path), "mnist", 2, 4)
-    bins.check_model(tiny_model(2))
-    assert bins.K == 16 and bins.layers[0].kind == "uniform"
+    model = tiny_model(2)
+    bins.check_model(model)
+    assert bins.K == 16 and bins.layers[1].kind == "equal_mass"
+    np.testing.assert_array_equal(bins.endpoints, endpoints.double().numpy())
     np.testing.assert_allclose(bins.centre(0, np.array([[0] * 256])), centres[0, :, 0][None])
+    coder = BitsBackCoder(model, bins)
+    message = ans.Message.random(2, 0, seed=1, underflow_seed=2)
+    initial = message.copy()
+    images = blobs(4).reshape(2, 2, 1, 32, 32)
+    for step in images:
+        coder.encode(message, step)
+    received = ans.Message.from_bytes(message.to_bytes())
+    for j in (1, 0):
+        np.testing.assert_array_equal(coder.decode(received, 2), images[j])
+    assert received == restored_initial_message(initial, message.borrowed_words)
 
 
 def test_bad_bins_files(tmp_path):
@@ -78,8 +156,8 @@ def test_bad_bins_files(tmp_path):
         LatentBins.load(str(tmp_path), "mnist", 2, 3).check_model(tiny_model(2))
     with pytest.raises(BinsError, match="disagree"):
         LatentBins(np.zeros((2, 10, 7)), np.zeros((2, 10, 9)))
-    with pytest.raises(BinsError, match="increasing"):
-        LatentBins(np.zeros((1, 2, 3)), np.zeros((1, 2, 4)))
+    with pytest.raises(BinsError, match="non-decreasing"):
+        LatentBins(np.array([[[0.0, 1.0, 0.5]]]), np.zeros((1, 1, 4)))
 
 
 def test_cli_writes_bins_from_checkpoint_and_idx_data(tmp_path, capsys):

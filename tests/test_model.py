@@ -207,6 +207,20 @@ def test_elbo_terms_are_consistent():
     torch.testing.assert_close(terms["kl"], terms["dec"] - terms["enc"])
 
 
+def test_free_bits_floor_each_layer_and_channel():
+    """The training objective: (-recon + sum over layers and channels of
+    max(KL, free_bits)) / dims. Layer 0 has one channel below the floor and
+    is above it in total; layer 1 is below it in every channel."""
+    model = HVAE(xs=(1, 8, 8), nz=2, zchannels=2, width=4, nprocessing=1, resdepth=2)
+    kl = torch.tensor([[0.25, 3.0], [0.5, 0.125]])
+    enc = torch.tensor([[5.0, 7.0], [2.0, 1.0]])
+    model.loss = lambda x: dict(recon=torch.tensor(-100.0), enc=enc, dec=enc - kl, z=[])
+    objective, terms = model(torch.zeros(1, 1, 8, 8), free_bits=1.0)
+    expect = (100.0 + (1.0 + 3.0) + (1.0 + 1.0)) / 64
+    assert objective.item() == pytest.approx(expect)
+    assert terms["elbo"].item() == pytest.approx((100.0 + kl.sum().item()) / 64)
+
+
 def test_generate_and_sample_shapes():
     model = HVAE(xs=(1, 32, 32), nz=3, zchannels=1, width=4, nprocessing=1, resdepth=2).eval()
     assert model.zdim == (1, 16, 16)

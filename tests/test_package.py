@@ -188,6 +188,11 @@ def test_shipped_names_and_defaults():
     assert package.shipped_default("mnist", 8) == "mnist-nz8"
     assert package.shipped_default("imagenetcrop") == "demo"
     assert package.shipped_default("cifar", 8) is None
+    from utils.experiment import default_params
+    assert default_params("mnist") == "mnist-nz8" and default_params("mnist", 4) == "mnist-nz4"
+    assert default_params("imagenetcrop") == "demo"          # the photo model, nz=2
+    with pytest.raises(cli.BadInput, match="no shipped mnist model with nz=3"):
+        default_params("mnist", 3)
 
 
 # ------------------------------------------------------------------ utils/cli.py, utils/device.py

@@ -64,23 +64,33 @@ def test_reproduce_end_to_end(tmp_path, capsys):
             summary = json.loads(open(f"{prefix}_summary.json").read())
             assert summary["decoded"] and summary["experiments"] == 2 and summary["images"] == 3
             # numbers recomputed from the raw arrays, independently of the summary
-            nets, elbos, cmas = (np.load(f"{prefix}_{k}.npy") for k in ("nets", "elbos", "cmas"))
-            expect = {"-ELBO": elbos.mean(), "net": nets.mean(),
-                      "net - ELBO": (nets - elbos).mean(),
-                      "CMA@1": cmas[:, 0].mean(), "CMA@3": cmas[:, 2].mean()}
+            a = {k: np.load(f"{prefix}_{k}.npy") for k in (
+                "nets", "elbos", "elbos_coded", "cmas", "cmas_strict", "initial",
+                "initial_strict")}
+            expect = {"-ELBO (fresh posterior sample, as the paper)": a["elbos"].mean(),
+                      "-ELBO at the coded latents": a["elbos_coded"].mean(),
+                      "net": a["nets"].mean(),
+                      "net - ELBO": (a["nets"] - a["elbos"]).mean(),
+                      "coder overhead (net - coded -ELBO)": (a["nets"] - a["elbos_coded"]).mean(),
+                      "CMA@1, paper's initial bits": a["cmas"][:, 0].mean(),
+                      "CMA@3, paper's initial bits": a["cmas"][:, 2].mean(),
+                      "CMA@1, strict initial bits": a["cmas_strict"][:, 0].mean()}
             for label, value in expect.items():
                 cells = row(section, label)
                 assert cells[col] == f"{value:.4f}", (nz, scheme, label, cells)
                 assert cells[col + 4] == f"{value * 1024 / 784:.4f}"
             assert report["runs"][nz - 1][scheme]["summary"] == summary["summary"]
-            initial = np.load(f"{prefix}_initial.npy").max(1).mean()
-            assert row(section, "initial bits (per experiment)")[col] == f"{initial:.1f}"
+            assert summary["results_format"] == 2
+            for label, key in (("initial bits, paper's definition (bits)", "initial"),
+                               ("initial bits, strict (bits)", "initial_strict")):
+                assert row(section, label)[col] == f"{a[key].max(1).mean():.1f}"
         # BB-ANS's first image pays for the initial bits: its CMA@1 is above its net
-        assert float(row(section, "CMA@1")[1]) > float(row(section, "net")[1])
+        assert float(row(section, "CMA@1, paper's initial bits")[1]) > float(row(section, "net")[1])
 
     # paper's numbers beside ours for nz=2 (CMA@100 not compared at 3 images)
     summary_32 = text.split("bits/dim, 32x32:")[1].split("bits per pixel")[0]
     assert "(0.980)" in row(summary_32, "2")[0] and "(2.640)" in row(summary_32, "2")[4]
+    assert "(" not in row(summary_32, "2")[6]                 # strict: no paper figure
     assert "(" not in row(summary_32, "2")[2] and "(" not in row(summary_32, "1")[0]
 
     # classical codecs: the benchmark JSON, same images as the compressors
@@ -106,6 +116,15 @@ def test_reproduce_end_to_end(tmp_path, capsys):
     again = report_path.read_text()
     assert "OUR WORDS" in again and "No discussion written yet" not in again
     assert "reusing" in capsys.readouterr().out
+
+    # results of an older format are computed again, never reused
+    summary_2 = out / "results" / "mnist2" / "bbans_6bits_summary.json"
+    old = json.loads(summary_2.read_text())
+    summary_2.write_text(json.dumps(dict(old, results_format=1)))
+    assert R.main(argv + ["--reuse-results"]) == 0
+    log = capsys.readouterr().out
+    assert "reusing " + str(summary_2) not in log and "reusing " in log
+    assert json.loads(summary_2.read_text())["results_format"] == 2
 
     # a new checkpoint at the same path: the old bins (derived from the old
     # weights) are refused; with fresh bins its results are recomputed, not
@@ -133,6 +152,10 @@ def test_reproduce_end_to_end(tmp_path, capsys):
     from model import package
     shipped = tmp_path / "shipped"
     assert R.main(argv + ["--export", str(shipped)]) == 0
+    capsys.readouterr()
+    assert R.main(argv + ["--export", str(shipped)]) == 2            # never replaced silently
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert R.main(argv + ["--export", str(shipped), "--force"]) == 0
     for nz in (1, 2):
         model = package.load(str(shipped / f"mnist-nz{nz}"), dataset="mnist", nz=nz)
         full = torch.load(runs / f"mnist_nz{nz}" / "model_best.pt", weights_only=True)
@@ -162,5 +185,5 @@ def test_reproduce_end_to_end(tmp_path, capsys):
 def test_missing_checkpoint_is_one_line_error(tmp_path, capsys):
     assert R.main(["--nz", "2", "--params-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: checkpoint(s) not found") and err.count("\n") == 1
+    assert err.startswith("reproduce_mnist.py: error: checkpoint(s) not found") and err.count("\n") == 1
     assert not (tmp_path / "o").exists()

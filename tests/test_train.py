@@ -182,6 +182,17 @@ def test_starts_from_a_reference_layout_state_dict(tmp_path, capsys):
         torch.testing.assert_close(got[k], v, rtol=0, atol=1e-6)
     assert T.main("mnist", base + ["--out", str(tmp_path / "bad"), "--resume", str(weights)]) == 2
     assert "does not fit this model" in capsys.readouterr().err
+    # without architecture flags: the architecture is read off the weights
+    plain = ["--batch", "16", "--init-batches", "2", "--no-progress", "--threads", "1",
+             "--data-root", str(tmp_path / "data"), "--max-steps", "1", "--lr", "1e-12",
+             "--schedule", "0", "--interval", "100"]
+    assert T.main("mnist", plain + ["--out", str(tmp_path / "auto"), "--resume", str(weights)]) == 0
+    assert checkpoint(tmp_path / "auto")["config"]["width"] == c["reswidth"]
+    # ... also from a shipped package, by name
+    assert T.main("mnist", plain + ["--out", str(tmp_path / "pkg"), "--resume", "mnist-nz2"]) == 0
+    assert checkpoint(tmp_path / "pkg")["architecture"]["width"] == 32
+    assert T.main("cifar", plain + ["--out", str(tmp_path / "c"), "--resume", "mnist-nz2"]) == 2
+    assert "is a mnist model, not cifar" in capsys.readouterr().err
 
 
 def test_ema_and_learning_rate_schedule():
@@ -266,6 +277,6 @@ def test_help_states_defaults_and_step_semantics(capsys):
         T.parse_args("mnist", ["--help"])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "(paper: 61)" in text and "(paper: 0.2)" in text            # mnist's width, dropout
+    assert "(paper: 61 at nz=8" in text and "(paper: 0.2)" in text      # mnist width, dropout
     assert "steps of earlier sessions count" in text and "minutes of this session" in text
     assert "default: auto" in text and "default: data" in text

@@ -42,6 +42,20 @@ Renormalisation bound (why uint64 never overflows and one word suffices):
   read: ``x' >= freq * (x >> p) >= 2^(32-p) >= 1`` so ``(x' << 32) | w`` lies
   in I, and ``x' < 2^32`` keeps it below 2^64.
 
+The bounds at p = 31, the largest precision (the authors' coder works at
+31 bits with the same head interval, the same 32-bit words and the same
+emission rule ``x >= freq * 2^33``): a push emits when
+``x > freq * 2^33 - 1``; for freq = 2^31 that bound is 2^64 - 1 (the wrap of
+``2^31 << 33`` to 0, minus one), so a certain symbol never emits and leaves
+``x`` unchanged (``x // 2^31 * 2^31 + x % 2^31 = x``).  After an emission
+``x < 2^32 <= freq * 2^33``; then ``x // freq < 2^33`` and
+``x' <= (2^33 - 1) * 2^31 + (freq - 1) + start <= 2^64 - 2^31 + 2^31 - 1
+= 2^64 - 1``.  A pop has ``x >> 31 >= 2`` (x >= 2^32), so
+``x' >= 2 * freq >= 2`` before a word is read and ``x' < 2^32`` after the
+test, giving ``2^32 <= (x' << 32) | w < 2^64``.  The codecs form
+``floor(F * (2^31 - K))`` in float64 (exact below 2^53) and int64.
+tests/test_ans.py checks these extremes against exact Python integers.
+
 Default precision 28: the floor of one unit per bin costs at most
 ``K * 2^-28`` of probability mass (4e-6 for 1,024 latent bins, < 1e-5 bits
 per symbol), rounding of frequencies is negligible at this resolution, and
@@ -97,6 +111,16 @@ def _bit_length(x):
     bl_hi = np.frexp(hi)[1].astype(np.int64)         # frexp(0) -> exponent 0
     bl_lo = np.frexp(lo)[1].astype(np.int64)
     return np.where(hi > 0, 32 + bl_hi, bl_lo)
+
+
+def _check_lane_ids(lane_ids, lanes):
+    """Lane identities as uint64 (lanes,): 0..lanes-1 by default."""
+    if lane_ids is None:
+        return np.arange(lanes, dtype=np.uint64)
+    ids = np.asarray(lane_ids)
+    if ids.shape != (lanes,) or ids.dtype.kind not in "iu" or (ids.size and ids.min() < 0):
+        raise ValueError(f"lane_ids must be {lanes} non-negative integers, got {lane_ids!r}")
+    return ids.astype(np.uint64)
 
 
 def _hash_words(seed, lane, index):
@@ -200,9 +224,13 @@ class Message(_MessageBase):
     ``(lanes, n)`` (n per lane, pushed column 0 first).
     """
 
-    def __init__(self, head, stacks, precision=DEFAULT_PRECISION, underflow_seed=None):
+    def __init__(self, head, stacks, precision=DEFAULT_PRECISION, underflow_seed=None,
+                 lane_ids=None):
         """Low-level constructor: ``head`` uint64 (lanes,) in [2^32, 2^64),
-        ``stacks`` a list of uint32 arrays (bottom first), one per lane."""
+        ``stacks`` a list of uint32 arrays (bottom first), one per lane.
+        ``lane_ids``: the identity of each lane's chain (default 0..lanes-1);
+        a lane's borrowed words depend on ``(underflow_seed, its id)`` only,
+        not on its position, so a chain gets the same words in any batch."""
         self.precision = _check_precision(precision)
         head = np.array(head, dtype=np.uint64).reshape(-1)
         self.lanes = _check_lanes(head.size)
@@ -215,15 +243,16 @@ class Message(_MessageBase):
         self._buf = np.zeros((self.lanes, max(16, int(self._top.max()) + 1)), dtype=np.uint32)
         for lane, s in enumerate(stacks):
             self._buf[lane, :len(s)] = np.asarray(s, dtype=np.uint32)
-        self._set_underflow(underflow_seed)
+        self._set_underflow(underflow_seed, lane_ids)
 
-    def _set_underflow(self, underflow_seed):
+    def _set_underflow(self, underflow_seed, lane_ids=None):
         if underflow_seed is not None and (not isinstance(underflow_seed, (int, np.integer))
                                            or isinstance(underflow_seed, bool)
                                            or not 0 <= underflow_seed < 2 ** 64):
             raise ValueError(f"underflow_seed must be None or an integer in [0, 2^64), got {underflow_seed!r}")
         self.underflow_seed = None if underflow_seed is None else int(underflow_seed)
         self.borrowed_words = np.zeros(self.lanes, dtype=np.int64)
+        self.lane_ids = _check_lane_ids(lane_ids, self.lanes)
 
     # ----- constructors ---------------------------------------------------------
     @classmethod
@@ -235,16 +264,26 @@ class Message(_MessageBase):
                    [np.zeros(0, np.uint32)] * lanes, precision, underflow_seed)
 
     @classmethod
-    def random(cls, lanes, words_per_lane, seed, precision=DEFAULT_PRECISION, underflow_seed=None):
+    def random(cls, lanes, words_per_lane, seed, precision=DEFAULT_PRECISION, underflow_seed=None,
+               lane_ids=None):
         """Seeded random initial message: every head has its top bit set and
-        63 random bits below it, every stack holds ``words_per_lane`` random words."""
+        63 random bits below it, every stack holds ``words_per_lane`` random words.
+        With ``lane_ids`` each lane's words come from its own stream seeded by
+        ``(seed, lane id)`` (and its borrowed words are keyed by the id too):
+        a chain starts from the same message whichever lanes it shares."""
         lanes = _check_lanes(lanes)
         if words_per_lane < 0:
             raise ValueError("words_per_lane must be >= 0")
-        rng = np.random.default_rng(seed)
-        words = rng.integers(0, 2 ** 32, size=(lanes, words_per_lane + 2), dtype=np.uint64)
+        if lane_ids is None:
+            rng = np.random.default_rng(seed)
+            words = rng.integers(0, 2 ** 32, size=(lanes, words_per_lane + 2), dtype=np.uint64)
+        else:
+            ids = _check_lane_ids(lane_ids, lanes)
+            words = np.stack([np.random.default_rng([seed, int(i)]).integers(
+                0, 2 ** 32, size=words_per_lane + 2, dtype=np.uint64) for i in ids])
         head = (words[:, 0] << _WORD_BITS) | words[:, 1] | np.uint64(1 << 63)
-        return cls(head, list(words[:, 2:].astype(np.uint32)), precision, underflow_seed)
+        return cls(head, list(words[:, 2:].astype(np.uint32)), precision, underflow_seed,
+                   lane_ids)
 
     def copy(self):
         """An independent snapshot (same content, same underflow option)."""
@@ -256,6 +295,7 @@ class Message(_MessageBase):
         new._buf = self._buf[:, :max(16, int(self._top.max()) + 1)].copy()
         new.underflow_seed = self.underflow_seed
         new.borrowed_words = self.borrowed_words.copy()
+        new.lane_ids = self.lane_ids.copy()
         return new
 
     # ----- sizes ----------------------------------------------------------------
@@ -280,7 +320,8 @@ class Message(_MessageBase):
         order, uint32: what a decoder pushes back there at the very end."""
         if self.underflow_seed is None:
             raise ValueError("this message borrows no words (no underflow_seed)")
-        return _hash_words(self.underflow_seed, lane, np.arange(count, dtype=np.uint64)).astype(np.uint32)
+        return _hash_words(self.underflow_seed, self.lane_ids[lane],
+                           np.arange(count, dtype=np.uint64)).astype(np.uint32)
 
     # ----- serialization --------------------------------------------------------
     def to_array(self):
@@ -415,7 +456,7 @@ class Message(_MessageBase):
         cap = self._buf.shape[1]
         words = self._buf.reshape(-1)[np.arange(self.lanes) * cap + np.maximum(top, 0)]
         lanes = np.flatnonzero(under)
-        words[lanes] = _hash_words(self.underflow_seed, lanes, self.borrowed_words[lanes])
+        words[lanes] = _hash_words(self.underflow_seed, self.lane_ids[lanes], self.borrowed_words[lanes])
         self.borrowed_words[lanes] += 1
         top[lanes] = 0
         return words

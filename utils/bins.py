@@ -20,8 +20,10 @@ carry no fingerprint and load beside any weights, as before.
 :meth:`LatentBins.from_ranges` rebuilds the tables with the same
 :func:`uniform_bins` that discretization.py uses, so both are identical.
 
-Invariants of :class:`LatentBins`: endpoints strictly increasing along the
-bin axis, ``centres`` one more bin than endpoints, both float64.
+Invariants of :class:`LatentBins`: endpoints non-decreasing along the bin
+axis (the authors' files are accepted as they are: float32 values, and equal
+adjacent endpoints, i.e. empty bins, which still get frequency 1 when coding),
+``centres`` one more bin than endpoints, both float64.
 """
 import os
 
@@ -78,8 +80,8 @@ class LatentBins:
             raise BinsError(f"endpoints {endpoints.shape} and centres {centres.shape} disagree")
         if not np.isfinite(endpoints).all() or not np.isfinite(centres).all():
             raise BinsError("bins contain NaN or inf")
-        if endpoints.shape[2] > 1 and not (np.diff(endpoints, axis=2) > 0).all():
-            raise BinsError("bin endpoints must be strictly increasing")
+        if endpoints.shape[2] > 1 and not (np.diff(endpoints, axis=2) >= 0).all():
+            raise BinsError("bin endpoints must be non-decreasing (increasing or repeated)")
         self.endpoints = np.ascontiguousarray(endpoints)
         self.centres = np.ascontiguousarray(centres)
         self.nz, self.zdim, self.K = centres.shape

@@ -22,7 +22,18 @@ message returns to its previous state exactly.
 Invariant: the networks only ever see bin centres of latent symbols
 (float32) and pixel values 0..255 (float32); a latent symbol k of layer i
 stands for ``bins.centres[i, d, k]``.
+
+Network batches: float32 networks may round differently at other batch
+sizes, which can move a latent to the neighbouring bin.  ``net_batches``
+fixes the sub-batches the networks see (consecutive lanes), so a chain's
+bits do not depend on which other chains share the message.
+
+Two -ELBO figures per image: :meth:`BitsBackCoder.encode` returns the terms
+at the coded latents (the bin centres: what the coder must match, net minus
+it is the coder's overhead); :meth:`BitsBackCoder.sampled_elbo_terms` gives
+the paper's figure, at one fresh continuous posterior sample per image.
 """
+import contextlib
 import time
 
 import numpy as np
@@ -51,13 +62,34 @@ class BitsBackCoder:
         self.zdim = int(np.prod(self.zshape))
         self.dims = int(np.prod(self.xs))
         self.net_seconds = 0.0          # time spent in the networks (benchmarks)
+        self._net_batches = None        # sizes of the sub-batches the networks see
+
+    @contextlib.contextmanager
+    def net_batches(self, sizes):
+        """Within the block, every network call splits its batch into
+        consecutive sub-batches of these sizes (summing to the batch)."""
+        previous, self._net_batches = self._net_batches, [int(n) for n in sizes]
+        try:
+            yield self
+        finally:
+            self._net_batches = previous
 
     # ---- network calls (the only place torch is touched) ----------------------
+    def _call(self, fn, i, given):
+        """fn(i, given) evaluated on the sub-batches of ``net_batches``."""
+        sizes = self._net_batches
+        if sizes is None or len(sizes) == 1:
+            return fn(i, given)
+        if sum(sizes) != given.shape[0]:
+            raise ValueError(f"net_batches {sizes} do not add up to the batch {given.shape[0]}")
+        parts = [fn(i, g) for g in torch.split(given, sizes)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
     def _net(self, fn, i, given):
         """(mu, scale) float64 numpy (B, dims) and the torch pair (float32)."""
         t0 = time.perf_counter()
         with torch.no_grad():
-            mu, scale = fn(i, given)
+            mu, scale = self._call(fn, i, given)
         b = given.shape[0]
         out = (mu.reshape(b, -1).double().cpu().numpy(),
                scale.reshape(b, -1).double().cpu().numpy(), mu, scale)
@@ -65,7 +97,7 @@ class BitsBackCoder:
         return out
 
     def _x_tensor(self, x):
-        return torch.as_tensor(np.asarray(x), dtype=torch.float32, device=self.device)
+        return torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32, device=self.device)
 
     def _z_tensor(self, layer, symbols):
         z = self.bins.centre(layer, symbols).reshape((-1,) + self.zshape)
@@ -87,13 +119,16 @@ class BitsBackCoder:
         return LogisticBins(np.zeros(shape), np.ones(shape), self.bins.layers[-1], self.precision)
 
     # ---- encode -----------------------------------------------------------------
-    def encode(self, message, x, terms=False):
+    def encode(self, message, x, terms=False, before_first_push=None):
         """Code images ``x`` (uint8-valued, (B, C, H, W)) onto ``message``.
 
         With ``terms=True`` returns the single-sample -ELBO terms at the coded
         latents, bits per image, shape (B, 1 + nz): [-log p(x|z1), KL_1..KL_L]
         with KL_i = log q(z_i|.) - log p(z_i|.) (continuous densities at the
-        bin centres, which are samples of the discretized posterior)."""
+        bin centres, which are samples of the discretized posterior).
+        ``before_first_push(message)`` is called after the pops that precede
+        the first push (Bit-Swap: the pop of z1; BB-ANS: all nz pops): the
+        paper counts as initial bits what the first image takes until then."""
         x = np.asarray(x)
         if x.ndim != 4 or tuple(x.shape[1:]) != self.xs:
             raise ValueError(f"images must be shaped (B, {', '.join(map(str, self.xs))}), got {x.shape}")
@@ -109,11 +144,15 @@ class BitsBackCoder:
             zs.append((k, z))
             q_params.append(qp)
             if self.bitswap:
+                if i == 0 and before_first_push is not None:
+                    before_first_push(message)
                 p, pp = self._p(i, z)
                 p.push(message, symbols_x if i == 0 else zs[i - 1][0])
                 pending.append(pp)
             given = z
         if not self.bitswap:
+            if before_first_push is not None:
+                before_first_push(message)
             for i in range(self.nz):
                 p, pp = self._p(i, zs[i][1])
                 p.push(message, symbols_x if i == 0 else zs[i - 1][0])
@@ -124,7 +163,20 @@ class BitsBackCoder:
                                q_params=q_params, p_params=pending)
         return None
 
+    def _in_net_batches(self, fn, b, *arrays):
+        """fn(*chunk) over the ``net_batches`` chunks of every array (each
+        elementwise op then sees the same shapes whatever the whole batch)."""
+        sizes = self._net_batches or [b]
+        out, start = [], 0
+        for n in sizes:
+            out.append(fn(*(_slice(a, start, start + n) for a in arrays)))
+            start += n
+        return np.concatenate(out)
+
     def _terms(self, given, zs, q_params, p_params):
+        return self._in_net_batches(self._terms_chunk, given.shape[0], given, zs, q_params, p_params)
+
+    def _terms_chunk(self, given, zs, q_params, p_params):
         b = given.shape[0]
         with torch.no_grad():
             out = torch.empty((b, 1 + self.nz), dtype=torch.float64)
@@ -140,6 +192,43 @@ class BitsBackCoder:
                     logp = -zs[i] - 2.0 * torch.nn.functional.softplus(-zs[i])
                 out[:, 1 + i] = (logq - logp.reshape(b, -1).sum(1)).double()
         return out.cpu().numpy() / LOG2
+
+    def sampled_elbo_terms(self, x, seeds):
+        """The paper's -ELBO terms (the reference evaluates its model's loss
+        on the image, outside the coder): one continuous posterior sample
+        z_i ~ q(z_i | z_{i-1}) per layer, no bins, drawn with a torch
+        generator seeded by ``seeds[b]`` for image b (so an image's figure
+        does not depend on its batch).  Bits per image, (B, 1 + nz), laid
+        out as :meth:`encode`'s terms."""
+        x = np.asarray(x)
+        seeds = np.asarray(seeds).reshape(-1)
+        if len(seeds) != x.shape[0]:
+            raise ValueError(f"need one seed per image: {len(seeds)} seeds for {x.shape[0]} images")
+        return self._in_net_batches(self._sampled_chunk, x.shape[0], x, seeds)
+
+    def _sampled_chunk(self, x, seeds):
+        b = x.shape[0]
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        given = self._x_tensor(x)
+        out = torch.empty((b, 1 + self.nz), dtype=torch.float64)
+        with torch.no_grad():
+            logq = None
+            for i in range(self.nz):
+                mu, scale = self.model.infer(i, given)
+                u = torch.stack([torch.rand(mu.shape[1:], generator=g) for g in gens])
+                u = u.to(mu.device).clamp_(1e-7, 1.0 - 1e-7)
+                z = mu + scale * (torch.log(u) - torch.log1p(-u))
+                mu_p, scale_p = self.model.generate(i, z)
+                if i == 0:
+                    out[:, 0] = -discretized_logistic_logp(given, mu_p, scale_p).reshape(b, -1).sum(1).double().cpu()
+                else:
+                    logp = logistic_logp(given, mu_p, scale_p).reshape(b, -1).sum(1)
+                    out[:, i] = (logq - logp).double().cpu()
+                logq = logistic_logp(z, mu, scale).reshape(b, -1).sum(1)
+                given = z
+            top = (-given - 2.0 * torch.nn.functional.softplus(-given)).reshape(b, -1).sum(1)
+            out[:, self.nz] = (logq - top).double().cpu()
+        return out.numpy() / LOG2
 
     # ---- decode -----------------------------------------------------------------
     def decode(self, message, batch):
@@ -174,6 +263,13 @@ class BitsBackCoder:
             q, _ = self._q(i, givens[i])
             q.push(message, ks[i])
         return x.astype(np.uint8)
+
+
+def _slice(a, start, stop):
+    """Rows start:stop of an array, or of every array in a (nested) list/tuple."""
+    if isinstance(a, (list, tuple)):
+        return type(a)(_slice(x, start, stop) for x in a)
+    return a[start:stop]
 
 
 def restored_initial_message(initial, borrowed_words):

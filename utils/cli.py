@@ -82,11 +82,11 @@ def parser(prog, description, **kw):
                                    formatter_class=HelpFormatter, **kw)
 
 
-def add_device_argument(p, default="auto"):
+def add_device_argument(p, default="auto", note=""):
     """``--device auto|cpu|cuda[:N]`` and the paper's ``--gpu N`` (an alias of
-    ``--device cuda:N``); resolve with utils.device.resolve_device(args)."""
+    ``--device cuda:N``); resolve with utils.device.device_from_args(args)."""
     p.add_argument("--device", default=default,
-                   help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+                   help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N" + note)
     p.add_argument("--gpu", type=int, default=None, metavar="N",
                    help="the paper's flag: same as --device cuda:N")
 

@@ -96,10 +96,9 @@ def twin_conv(first, second, h):
 
     Why: heads with a handful of output channels cost about one pass over
     `h` each, so one pass for both halves that; feeding oneDNN a
-    channels_last input is faster again for so few outputs (measured on the
-    2-core AVX2 CPU, forward + backward, 128x61x16x16 -> 1 channel: two
-    separate convolutions 28.7 ms, one on channels_last 13.4 ms). The result
-    equals the two separate convolutions up to float rounding."""
+    channels_last input is faster again for so few outputs (timings in
+    benchmarks/README.md). The result equals the two separate convolutions
+    up to float rounding."""
     if first.init_pending or second.init_pending or not _fuse_heads:
         return first(h), second(h)   # data-dependent init needs each conv's own pass
     weight = torch.cat([first.weight(), second.weight()])
@@ -125,7 +124,7 @@ def data_dependent_init(module):
 class Dropout(nn.Module):
     """Inverted dropout: keep an activation with probability 1 - p and scale
     it by 1 / (1 - p), like nn.Dropout, but several times faster on CPU
-    (measured 40 ms -> 10 ms per 128x61x16x16 activation, one thread).
+    (timings in benchmarks/README.md).
 
     Why: nn.Dropout's bernoulli_ and torch.rand_like draw one 32-bit number
     per element, which dominates its cost on CPU. Here one 64-bit draw gives
