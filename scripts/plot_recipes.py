@@ -46,8 +46,10 @@ def read_run(folder):
 
 
 def describe(config):
-    return ", ".join(f"{k} {config[k]:g}" if isinstance(config[k], float) else f"{k} {config[k]}"
+    text = ", ".join(f"{k} {config[k]:g}" if isinstance(config[k], float) else f"{k} {config[k]}"
                      for k in KNOBS if k in config)
+    # "start": where a run that did not start from scratch took its weights
+    return text + (f", from {config['start']}" if config.get("start") else "")
 
 
 def fit_power_law(minutes, elbo, skip_minutes=3.0):
@@ -134,6 +136,7 @@ def main(argv=None):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
         fig, ax = plt.subplots(figsize=(7.5, 4.8))
         for r in runs:
             minutes = r["cpu_s"] / 60
@@ -146,15 +149,16 @@ def main(argv=None):
         ax.set_xscale("log")
         ax.set_xlabel("CPU-minutes of training, log scale (evaluation excluded)")
         ax.set_ylabel("held-out -ELBO (bits/dim)")
-        ax.set_title(f"{args.title}: dots measured, dotted = fit extrapolated")
+        ax.set_title(f"{args.title}\n(dots measured; dotted: the fit, extrapolated)", fontsize=10)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         lo = min(r["test_elbo"].min() for r in runs)
         hi = np.percentile(np.concatenate([r["test_elbo"] for r in runs]), 90)
         ax.set_ylim(lo - 0.1 * (hi - lo) - 0.02, hi)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6.5, loc="upper right")
-        fig.tight_layout()
+        ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.14))
         os.makedirs(os.path.dirname(os.path.abspath(args.png)), exist_ok=True)
-        fig.savefig(args.png, dpi=120)
+        fig.savefig(args.png, dpi=120, bbox_inches="tight")
         print(f"wrote {args.png}")
     return 0
 
