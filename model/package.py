@@ -316,7 +316,7 @@ def read_weights(spec, weights="ema"):
             state = {k: state.get(k, v) for k, v in obj["model"].items()}
         cfg = obj.get("config") or {}
         info = dict(step=obj.get("step"), epoch=obj.get("epoch"), best_elbo=obj.get("best_elbo"),
-                    config=cfg, world_size=obj.get("world_size"))
+                    config=cfg, world_size=obj.get("world_size"), budget=obj.get("budget"))
         return dict(kind="checkpoint", source=path, state=state,
                     architecture=obj.get("architecture"), dataset=cfg.get("dataset"), name=name,
                     weights_kind=weights, info=info, package_bins=None, quantbits=None,
@@ -468,6 +468,22 @@ def write_package(directory, state_dict, architecture, bins, name, dataset, weig
         json.dump(desc, f, indent=1)
         f.write("\n")
     return directory
+
+
+def combined_training(previous, session):
+    """The training record of a model trained in ``session`` after the
+    sessions recorded in ``previous`` (a package's ``training``, or None):
+    totals of steps, images and wall time, every hardware named, and the
+    list of sessions, oldest first."""
+    sessions = list((previous or {}).get("sessions", [])) or ([previous] if previous else [])
+    sessions.append(session)
+    wall = sum(float(x.get("wall_s") or x.get("log_wall_s") or
+                     60 * float(x.get("wall_minutes_approx") or 0)) for x in sessions)
+    return dict(steps=sum(int(x.get("steps") or 0) for x in sessions),
+                images_seen=sum(int(x.get("images_seen") or 0) for x in sessions),
+                wall_s=round(wall, 2),
+                hardware="; ".join(dict.fromkeys(str(x.get("hardware")) for x in sessions)),
+                sessions=sessions)
 
 
 def random_package(directory, quantbits=10, seed=0, name="random", dataset="imagenetcrop",

@@ -37,6 +37,9 @@ def parse_args(argv):
     ap.add_argument("--notes", default="{}", help="JSON object of notes (held-out figures, command)")
     ap.add_argument("--training-hardware", default=None, metavar="TEXT",
                     help="where the model was trained (stored in model.json)")
+    ap.add_argument("--continues", default=None, metavar="PACKAGE",
+                    help="the package (folder or shipped name) this run continued: its training "
+                         "record is kept and this run's added to it")
     ap.add_argument("--float32", action="store_true", help="store float32 weights")
     ap.add_argument("--force", action="store_true", help="replace an existing package")
     return ap.parse_args(argv)
@@ -51,6 +54,10 @@ def training_budget(got):
                   run_dir=os.path.dirname(os.path.abspath(got["source"])))
     if budget["steps"] is not None and budget["batch"]:
         budget["images_seen"] = budget["steps"] * budget["batch"]
+    spent = info.get("budget") or {}          # training time measured by model/train.py
+    if spent:
+        budget.update(images_seen=int(spent["images"]), wall_s=round(spent["wall_s"], 1),
+                      cpu_s=round(spent["cpu_s"], 1))
     return budget
 
 
@@ -66,8 +73,17 @@ def main(argv=None):
         model = package.load(args.source, dataset=args.dataset, quantbits=args.quantbits,
                              bins_dir=args.bins, weights=args.weights)
         got = package.read_weights(args.source, args.weights)
-        training = training_budget(got)
-        training["hardware"] = args.training_hardware
+        if got["kind"] == "package":             # repackaging (e.g. new bins): same record
+            training = dict(got["info"].get("training") or {})
+            notes = {**(got["info"].get("notes") or {}), **notes}
+        else:
+            training = training_budget(got)
+            training["hardware"] = args.training_hardware
+            if args.continues:
+                previous = package.read_weights(args.continues)
+                if previous["kind"] != "package":
+                    raise cli.BadInput(f"--continues {args.continues} is not a model package")
+                training = package.combined_training(previous["info"].get("training"), training)
         path = package.write_package(args.out, got["state"], model.architecture, model.bins,
                                      args.name, args.dataset, model.weights_kind,
                                      training=training, notes=notes, half=not args.float32,

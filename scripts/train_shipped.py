@@ -375,16 +375,8 @@ class ModelRun:
                        precision=self.args.precision, channels_last=self.args.channels_last == "on",
                        data=("photo corpus training tiles (scripts/get_demo_photos.py compact copy)"
                              if self.dataset == "imagenetcrop" else "MNIST train (60,000)"))
-        sessions = list((self.previous_training or {}).get("sessions", [])) or \
-            ([self.previous_training] if self.previous_training else [])
-        sessions.append(session)
-        total_images = sum(int(x.get("images_seen") or 0) for x in sessions)
-        total_wall = sum(float(x.get("wall_s") or 60 * float(x.get("wall_minutes_approx") or 0))
-                         for x in sessions)
-        return dict(steps=sum(int(x.get("steps") or 0) for x in sessions),
-                    images_seen=total_images, wall_s=round(total_wall, 2),
-                    hardware="; ".join(dict.fromkeys(str(x.get("hardware")) for x in sessions)),
-                    sessions=sessions)
+        from model import package
+        return package.combined_training(self.previous_training, session)
 
     def check_package(self, heldout=True):
         """Load the package as users do; held-out -ELBO of its float16

@@ -407,6 +407,59 @@ def test_make_package_packages_a_training_run(tmp_path, capsys):
     assert "--force" in capsys.readouterr().err
 
 
+def test_make_package_accumulates_the_training_of_a_continued_package(tmp_path):
+    """--continues PACKAGE: the new model.json lists the earlier sessions and
+    this run's, with totals; repackaging a package (new bins) keeps its
+    record; bins of other weights are refused."""
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import make_package
+    import torch
+    from model import package
+    from model.hvae import HVAE
+    from utils.bins import LatentBins, ranges_path
+    zdim = 2 * 16 * 16
+
+    def fresh_bins():
+        return LatentBins.from_ranges(np.stack([np.full((1, zdim), -2.0), np.full((1, zdim), 3.0)], -1), 6)
+
+    bins = fresh_bins()
+    net = HVAE(**TINY, conditional_xscale=True).eval()
+    earlier = package.write_package(str(tmp_path / "earlier"), net.state_dict(), net.architecture(),
+                                    bins, "earlier", "imagenetcrop", "ema",
+                                    training=dict(steps=100, images_seen=6400, wall_s=60.0,
+                                                  hardware="machine A"))
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.manual_seed(1)
+    later = HVAE(**TINY, conditional_xscale=True).eval()
+    state = later.state_dict()
+    torch.save(dict(format=package.CHECKPOINT_FORMAT, config=dict(dataset="imagenetcrop", batch=32),
+                    architecture=later.architecture(), model=state, ema=state, step=10, epoch=0,
+                    best_elbo=5.0, world_size=1, budget=dict(wall_s=30.0, cpu_s=29.0, images=320)),
+               run / "checkpoint.pt")
+    fresh_bins().save_ranges(ranges_path(str(run), "imagenetcrop", 2, 6))
+    out = tmp_path / "continued"
+    argv = [str(run), "--dataset", "imagenetcrop", "--quantbits", "6", "--name", "continued",
+            "--out", str(out), "--training-hardware", "machine B", "--continues", earlier]
+    assert make_package.main(argv) == 0
+    training = package.load(str(out)).info["training"]
+    assert [s["hardware"] for s in training["sessions"]] == ["machine A", "machine B"]
+    assert training["steps"] == 110 and training["images_seen"] == 6720
+    assert training["wall_s"] == 90.0 and training["hardware"] == "machine A; machine B"
+    # new bins for a package: same weights, same training record
+    again = tmp_path / "again"
+    assert make_package.main([str(out), "--dataset", "imagenetcrop", "--quantbits", "6",
+                              "--name", "continued", "--out", str(again),
+                              "--bins", str(run)]) == 0
+    assert package.load(str(again)).info["training"] == training
+    # bins derived from the earlier weights do not fit the continued ones
+    other = tmp_path / "other_bins"
+    fresh_bins().save_ranges(ranges_path(str(other), "imagenetcrop", 2, 6),
+                     weights_fingerprint=package.read_weights(earlier)["fingerprint"])
+    assert make_package.main([str(out), "--dataset", "imagenetcrop", "--quantbits", "6",
+                              "--name", "x", "--out", str(tmp_path / "x"), "--bins", str(other)]) == 2
+
+
 def test_shipped_model_loads_and_round_trips_a_crop_of_the_sample():
     """models/demo (what README command 1 uses) is complete and consistent."""
     shipped = imagecodec.load_codec_model(None, "cpu")
