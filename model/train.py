@@ -35,7 +35,9 @@ import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -121,7 +123,8 @@ def parse_args(dataset, argv=None):
       help="stop when the run's step counter reaches this total (steps of earlier sessions "
            "count: resuming a run already there does nothing)")
     a("--max-minutes", type=float, default=None,
-      help="stop after this many minutes of this session (wall clock)")
+      help="stop after this many minutes of this session (wall clock); SIGTERM also stops "
+           "the run after the current step, with a checkpoint")
     a("--checkpoint-minutes", type=float, default=30.0,
       help="also checkpoint every this many minutes within an epoch")
     a("--log-dir", default=None, help="TensorBoard folder (default: <out>/logs)")
@@ -601,6 +604,12 @@ class Trainer:
             logger.close()
             return self.best_elbo
         stop = False
+        # SIGTERM (a scheduler's or `kill`'s stop) ends the run like --max-minutes:
+        # after the current step, with a checkpoint, on every rank at once
+        self._stop_signal = False
+        previous_handler = None
+        if threading.current_thread() is threading.main_thread():
+            previous_handler = signal.signal(signal.SIGTERM, self._request_stop)
         try:
             while self.epoch < cfg.epochs and not stop:
                 self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
@@ -616,7 +625,8 @@ class Trainer:
                 sums, count = np.zeros(2), 0
                 for x, _ in bar:
                     x = x.to(self.device, non_blocking=True)
-                    want_stop = ((args.max_steps is not None and self.step + 1 >= args.max_steps) or
+                    want_stop = (self._stop_signal or
+                                 (args.max_steps is not None and self.step + 1 >= args.max_steps) or
                                  (args.max_minutes is not None and
                                   time.time() - t0 >= 60 * args.max_minutes))
                     stats, stop = self._train_step(x, want_stop)
@@ -670,7 +680,12 @@ class Trainer:
                       f"{self.out}   then   python {cfg.dataset}_compress.py --params {self.out}")
         finally:
             logger.close()
+            if previous_handler is not None:
+                signal.signal(signal.SIGTERM, previous_handler)
         return self.best_elbo
+
+    def _request_stop(self, signum, frame):
+        self._stop_signal = True
 
     # -- training budget and the held-out curve ----------------------
     def _mark(self):

@@ -130,6 +130,33 @@ def test_killed_run_resumes_exactly(tmp_path):
     assert_same_state(checkpoint(ref), checkpoint(killed))
 
 
+def test_sigterm_stops_after_the_step_with_a_checkpoint(tmp_path):
+    """SIGTERM ends an unbounded run cleanly (status 0) with a checkpoint of
+    the step it reached, from which it resumes exactly."""
+    sd.write_mnist(str(tmp_path / "data"))
+    ref, stopped = tmp_path / "ref", tmp_path / "stopped"
+    args = TINY + ["--data-root", str(tmp_path / "data"), "--interval", "100"]
+    cmd = [sys.executable, os.path.join(ROOT, "model", "mnist_train.py")] + args + [
+        "--out", str(stopped), "--checkpoint-minutes", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (stopped / "checkpoint.pt").exists():     # inside the training loop
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    step = checkpoint(stopped)["step"]
+    assert step >= 1 and f"stopped at epoch {checkpoint(stopped)['epoch']}, step {step}" in out
+    assert T.main("mnist", args + ["--out", str(ref), "--max-steps", str(step + 3)]) == 0
+    assert T.main("mnist", args + ["--resume", str(stopped), "--max-steps", str(step + 3)]) == 0
+    assert_same_state(checkpoint(ref), checkpoint(stopped))
+
+
 def test_bad_inputs_fail_cleanly_and_overwrite_nothing(tmp_path, capsys, monkeypatch):
     sd.write_mnist(str(tmp_path / "data"))
     out = tmp_path / "run"
