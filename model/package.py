@@ -316,7 +316,8 @@ def read_weights(spec, weights="ema"):
             state = {k: state.get(k, v) for k, v in obj["model"].items()}
         cfg = obj.get("config") or {}
         info = dict(step=obj.get("step"), epoch=obj.get("epoch"), best_elbo=obj.get("best_elbo"),
-                    config=cfg, world_size=obj.get("world_size"), budget=obj.get("budget"))
+                    config=cfg, world_size=obj.get("world_size"), budget=obj.get("budget"),
+                    device=obj.get("device"))
         return dict(kind="checkpoint", source=path, state=state,
                     architecture=obj.get("architecture"), dataset=cfg.get("dataset"), name=name,
                     weights_kind=weights, info=info, package_bins=None, quantbits=None,
@@ -479,11 +480,15 @@ def combined_training(previous, session):
     sessions.append(session)
     wall = sum(float(x.get("wall_s") or x.get("log_wall_s") or
                      60 * float(x.get("wall_minutes_approx") or 0)) for x in sessions)
+    def joined(key):
+        return "; ".join(dict.fromkeys(str(x[key]) for x in sessions if x.get(key)))
+
+    architecture = next((x["architecture"] for x in reversed(sessions) if x.get("architecture")),
+                        None)
     return dict(steps=sum(int(x.get("steps") or 0) for x in sessions),
                 images_seen=sum(int(x.get("images_seen") or 0) for x in sessions),
-                wall_s=round(wall, 2),
-                hardware="; ".join(dict.fromkeys(str(x.get("hardware")) for x in sessions)),
-                sessions=sessions)
+                wall_s=round(wall, 2), hardware=joined("hardware"), device=joined("device"),
+                architecture=architecture, sessions=sessions)
 
 
 def random_package(directory, quantbits=10, seed=0, name="random", dataset="imagenetcrop",

@@ -506,7 +506,7 @@ class Trainer:
                    ema=self.ema.shadow, optimizer=self.optimizer.state_dict(), step=self.step,
                    epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
                    best_elbo=self.best_elbo, rng=rngs, world_size=self.dist.world_size,
-                   budget=dict(self.budget))
+                   budget=dict(self.budget), device=self.device.type)
         atomic_save(obj, self.ckpt_path)
         atomic_save(self.ema.state_dict_of(self.model), os.path.join(self.out, "model_last.pt"))
 

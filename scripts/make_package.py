@@ -51,7 +51,8 @@ def training_budget(got):
     cfg = info.get("config") or {}
     budget = dict(steps=info.get("step"), epochs=info.get("epoch"), batch=cfg.get("batch"),
                   best_test_elbo=info.get("best_elbo"), world_size=info.get("world_size"),
-                  run_dir=os.path.dirname(os.path.abspath(got["source"])))
+                  run_dir=os.path.dirname(os.path.abspath(got["source"])),
+                  architecture=got.get("architecture"), device=info.get("device"))
     if budget["steps"] is not None and budget["batch"]:
         budget["images_seen"] = budget["steps"] * budget["batch"]
     spent = info.get("budget") or {}          # training time measured by model/train.py
