@@ -334,9 +334,20 @@ def _epoch_aware(dataset, epoch):
 
 # ---- evaluation and logging -----------------------------------------------
 @torch.no_grad()
-def evaluate(model, dataset, batch, device, dist, workers):
+def evaluate(model, dataset, batch, device, dist, workers, seed=None):
     """Test ELBO (bits/dim, no free bits) of `model`, averaged over the whole
-    test set (each rank takes every world-th image, sums are all-reduced)."""
+    test set (each rank takes every world-th image, sums are all-reduced).
+    With `seed`, the posterior samples come from that seed and the global
+    random streams are left as they were (comparable evaluations that do not
+    perturb a training run)."""
+    if seed is None:
+        return _evaluate(model, dataset, batch, device, dist, workers)
+    with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
+        torch.manual_seed(seed)
+        return _evaluate(model, dataset, batch, device, dist, workers)
+
+
+def _evaluate(model, dataset, batch, device, dist, workers):
     model.eval()
     shard = Subset(dataset, range(dist.rank, len(dataset), dist.world_size))
     loader = DataLoader(shard, batch_size=batch, shuffle=False, num_workers=workers,
@@ -557,9 +568,14 @@ class Trainer:
             tail[-1].item() > 0
 
     # -- evaluation -----------------------------------------------------
-    def _evaluate_and_keep_best(self, logger):
+    def _ema_model(self):
+        """A copy of the network holding the EMA weights."""
         eval_model = copy.deepcopy(self.model)
         eval_model.load_state_dict(self.ema.state_dict_of(self.model))
+        return eval_model
+
+    def _evaluate_and_keep_best(self, logger):
+        eval_model = self._ema_model()
         result = evaluate(eval_model, self.test_set, self.batch, self.device, self.dist, self.workers)
         logger.scalars(self.step, "test", result)
         if self.dist.is_root:
@@ -703,13 +719,9 @@ class Trainer:
         """Evaluate the EMA weights on a fixed held-out subset, with a fixed
         seed for the posterior samples and without touching the training
         RNG streams, and append one row to <out>/curve.csv."""
-        eval_model = copy.deepcopy(self.model)
-        eval_model.load_state_dict(self.ema.state_dict_of(self.model))
         subset = Subset(self.test_set, range(min(self.args.curve_images, len(self.test_set))))
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(CURVE_SEED)
-            result = evaluate(eval_model, subset, self.batch, self.device, self.dist, self.workers)
+        result = evaluate(self._ema_model(), subset, self.batch, self.device, self.dist,
+                          self.workers, seed=CURVE_SEED)
         train = float(np.mean(self._curve_train)) if self._curve_train else float("nan")
         self._curve_train, self._curve_last = [], self.budget["wall_s"]
         if self.dist.is_root:

@@ -313,7 +313,6 @@ class ModelRun:
 
     def heldout_elbo(self, state, images, seed=0):
         """-ELBO (bits/dim) of `state` on held-out `images`, plain float32."""
-        import torch
         from model import speed
         from model.distributed import Distributed
         from model.hvae import HVAE
@@ -321,11 +320,9 @@ class ModelRun:
         from utils.data import ArrayImages
         net = HVAE(**self.trainer.model.architecture()).to(self.device)
         net.load_state_dict(state)
-        with speed.plain_fp32(), torch.random.fork_rng(
-                devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(seed)
+        with speed.plain_fp32():
             return evaluate(net, ArrayImages(images), self.settings["batch"], self.device,
-                            Distributed(), 0)["elbo"]
+                            Distributed(), 0, seed=seed)["elbo"]
 
     def choose_weights(self, compare=True):
         tr = self.trainer
