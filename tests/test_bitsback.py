@@ -75,6 +75,32 @@ def test_interleaved_single_chain_images_one_after_another():
         assert decoded == initial
 
 
+@pytest.mark.parametrize("bitswap", [True, False])
+def test_partial_images_code_only_their_real_region(bitswap):
+    """real=(rh, rw): the region is coded, its edge replication rebuilt on
+    decode; cheaper than coding the replicated pixels; a batch that is not
+    the replication of its region is refused."""
+    model = tiny_model(2, xs=(3, 32, 32), zchannels=2)
+    coder = BitsBackCoder(model, tiny_bins(model), bitswap=bitswap)
+    rh, rw = 20, 7
+    x = np.pad(blobs(2, 3)[:, :, :rh, :rw], ((0, 0), (0, 0), (0, 32 - rh), (0, 32 - rw)), mode="edge")
+    costs = []
+    for real in ((rh, rw), None):
+        message = ans.Message.random(2, 2000, seed=5)
+        initial = message.copy()
+        coder.encode(message, x, real=real)
+        costs.append(message.bits() - initial.bits())
+        np.testing.assert_array_equal(coder.decode(message, 2, real=real), x)
+        assert message == initial
+    assert 0 < costs[0] < costs[1]
+    broken = x.copy()
+    broken[:, :, -1, -1] ^= 1
+    with pytest.raises(ValueError, match="edge replication"):
+        coder.encode(ans.Message.random(2, 2000, seed=5), broken, real=(rh, rw))
+    with pytest.raises(ValueError, match="within"):
+        coder.encode(ans.Message.random(2, 2000, seed=5), x, real=(33, 1))
+
+
 def test_lanes_are_independent_chains():
     """A chain's message does not depend on what the other lanes code."""
     model = tiny_model(2)

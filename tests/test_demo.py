@@ -11,6 +11,7 @@ also through links; usual permissions; --verify's report; device class);
 bad inputs (one-line error, exit status 2, no output file); and encode /
 decode in separate processes with different torch thread counts.
 """
+import hashlib
 import io
 import os
 import struct
@@ -147,6 +148,20 @@ def test_fragile_blocks_fall_back_to_raw(model, monkeypatch):
     assert np.array_equal(imagecodec.decompress(result.data, model)[0], image)
 
 
+def test_edge_blocks_code_only_their_real_pixels(model):
+    """Format 3 codes an edge block's real pixels only (format 2 coded its
+    replicated ones too): smaller on the same message, both decode."""
+    image = np.random.default_rng(3).integers(100, 140, (40, 45, 3), dtype=np.uint8)   # 2x2 blocks, 3 partial
+    new = imagecodec.compress(image, "RGB", model, fallback=False)
+    old = imagecodec.compress(image, "RGB", model, fallback=False, version=2)
+    assert container.unpack(new.data)[0]["format_version"] == 3
+    assert container.unpack(old.data)[0]["format_version"] == 2
+    assert new.raw_blocks == old.raw_blocks == 0
+    assert new.message_bits < old.message_bits
+    for result in (new, old):
+        assert np.array_equal(imagecodec.decompress(result.data, model)[0], image)
+
+
 def test_padding_is_edge_replication():
     image = np.arange(2 * 3, dtype=np.uint8).reshape(2, 3, 1)
     padded = imagecodec.pad_to_blocks(image, 4)
@@ -280,8 +295,15 @@ def test_container_header_validation():
     header = dict(mode="RGB", storage="raw", device="cuda", quantbits=10, height=7, width=5, block=32,
                   model_hash="ab" * 32, pixels_sha256="cd" * 32, model_name="naïve")
     data = container.pack(header, b"abcd")
-    assert container.unpack(data) == (header, b"abcd")
+    assert container.unpack(data) == (dict(header, format_version=container.VERSION), b"abcd")
     assert len(data) == container.fixed_bytes("naïve") + 4
+    assert container.unpack(container.pack(header, b"", version=2))[0]["format_version"] == 2
+    for version in (1, 4):
+        with pytest.raises(ContainerError, match="version"):
+            container.pack(header, b"", version=version)
+        forged = data[:8] + struct.pack("<H", version) + data[10:-32]
+        with pytest.raises(ContainerError, match=f"unsupported container format version {version}"):
+            container.unpack(forged + hashlib.sha256(forged).digest())
     for field, value in [("mode", "P"), ("storage", "zip"), ("device", "tpu"), ("height", 0),
                          ("model_hash", "xyz"), ("height", 2 ** 32)]:
         with pytest.raises(ContainerError, match="invalid header"):

@@ -30,6 +30,14 @@ discretized logistic whose (mu, scale) are the ``grey_weights`` mix of the
 three channels' (decode pops the grey channel, rebuilds the replicated
 input and recomputes the posterior from it).
 
+Partial images (``real=(rh, rw)``, e.g. the edge blocks of a photo): only
+the top-left rh x rw pixels are real, the rest of the image is their edge
+replication.  The posterior sees the whole replicated image; only the real
+pixels are pushed / popped (the pixel likelihood factorizes over pixels
+given z1), and the decoder rebuilds the replication from the popped pixels
+before it recomputes the posterior.  The latents still describe the whole
+image, so a thin strip may cost more than its raw bytes (the caller decides).
+
 Portable tables (``grid_bits``): the networks run in float64 and every
 output (mu, scale) is rounded to the grid ``2^-grid_bits``.  Another
 machine's float64 outputs differ from these by ~1e-13 at most, far less
@@ -210,23 +218,47 @@ class BitsBackCoder:
         mu, scale, tmu, tscale, fragile = self._net(self.model.infer, i, given, message)
         return LogisticBins(mu, scale, self.bins.layers[i], self.precision), (tmu, tscale), fragile
 
-    def _p(self, i, given, message=None, grey=False):
-        """Codec of the layer below z_{i+1} (i >= 1) or of x (i = 0)."""
+    def _p(self, i, given, message=None, grey=False, pixels=None):
+        """Codec of the layer below z_{i+1} (i >= 1) or of x (i = 0; only the
+        flat pixel indices ``pixels`` when given)."""
         mu, scale, tmu, tscale, fragile = self._net(self.model.generate, i, given, message)
         if i == 0:
             if grey:        # the grey channel's logistic: a fixed mix of the three channels'
                 b = mu.shape[0]
                 mu = np.einsum("c,bcd->bd", self.grey_weights, mu.reshape(b, 3, -1))
                 scale = np.einsum("c,bcd->bd", self.grey_weights, scale.reshape(b, 3, -1))
+            if pixels is not None:
+                mu, scale = mu[:, pixels], scale[:, pixels]
             return DiscretizedLogistic(mu, scale, self.precision), (tmu, tscale), fragile
         return LogisticBins(mu, scale, self.bins.layers[i - 1], self.precision), (tmu, tscale), fragile
+
+    def _real_pixels(self, real, channels):
+        """Flat indices of the real pixels of a (channels, H, W) image whose
+        top-left ``real`` = (rh, rw) pixels are real; None when all are."""
+        if real is None:
+            return None
+        h, w = self.xs[1:]
+        rh, rw = (int(v) for v in real)
+        if not (1 <= rh <= h and 1 <= rw <= w):
+            raise ValueError(f"real region {real} must lie within the image's {h}x{w} pixels")
+        if (rh, rw) == (h, w):
+            return None
+        return np.arange(channels * h * w).reshape(channels, h, w)[:, :rh, :rw].ravel()
+
+    def _rebuild(self, popped, batch, xs, real):
+        """Images from popped pixels: the real region, edge-replicated to xs."""
+        if self._real_pixels(real, xs[0]) is None:
+            return popped.reshape((batch,) + xs)
+        rh, rw = (int(v) for v in real)
+        region = popped.reshape((batch, xs[0], rh, rw))
+        return np.pad(region, ((0, 0), (0, 0), (0, xs[1] - rh), (0, xs[2] - rw)), mode="edge")
 
     def _prior(self, b):
         shape = (b, self.zdim)
         return LogisticBins(np.zeros(shape), np.ones(shape), self.bins.layers[-1], self.precision)
 
     # ---- encode -----------------------------------------------------------------
-    def encode(self, message, x, terms=False, before_first_push=None):
+    def encode(self, message, x, terms=False, before_first_push=None, real=None):
         """Code images ``x`` (uint8-valued, (B, C, H, W); C = 1 codes grey
         images with an RGB model, see the module docstring) onto ``message``.
 
@@ -236,15 +268,23 @@ class BitsBackCoder:
         bin centres, which are samples of the discretized posterior).
         ``before_first_push(message)`` is called after the pops that precede
         the first push (Bit-Swap: the pop of z1; BB-ANS: all nz pops): the
-        paper counts as initial bits what the first image takes until then."""
+        paper counts as initial bits what the first image takes until then.
+        ``real=(rh, rw)``: only that top-left region of each image is real
+        and coded, the rest must be its edge replication (module docstring)."""
         x = np.asarray(x)
         grey = x.ndim == 4 and self._grey_input(x)
         if x.ndim != 4 or (tuple(x.shape[1:]) != self.xs and not grey) or x.shape[2:] != self.xs[1:]:
             raise ValueError(f"images must be shaped (B, {', '.join(map(str, self.xs))}), got {x.shape}")
-        if grey and terms:
-            raise ValueError("terms are only defined for images of the model's shape")
+        if (grey or real is not None) and terms:
+            raise ValueError("terms are only defined for whole images of the model's shape")
         b = x.shape[0]
+        pixels = self._real_pixels(real, x.shape[1])
+        if pixels is not None and not np.array_equal(
+                self._rebuild(x.reshape(b, -1)[:, pixels], b, tuple(x.shape[1:]), real), x):
+            raise ValueError(f"images are not the edge replication of their real region {real}")
         symbols_x = x.reshape(b, -1).astype(np.int64)
+        if pixels is not None:
+            symbols_x = symbols_x[:, pixels]
         given = self._x_tensor(x)
         zs, q_params = [], []
         pending = []                            # BB-ANS: pushes deferred until all pops
@@ -258,7 +298,7 @@ class BitsBackCoder:
             zs.append((k, z))
             q_params.append(qp)
             if self.bitswap:
-                p, pp, pf = self._p(i, z, grey=grey)
+                p, pp, pf = self._p(i, z, grey=grey, pixels=pixels if i == 0 else None)
                 p.push(message, symbols_x if i == 0 else zs[i - 1][0])
                 self._push_fragile(message, pf)
                 pending.append(pp)
@@ -267,7 +307,7 @@ class BitsBackCoder:
             if before_first_push is not None:
                 before_first_push(message)
             for i in range(self.nz):
-                p, pp, pf = self._p(i, zs[i][1], grey=grey)
+                p, pp, pf = self._p(i, zs[i][1], grey=grey, pixels=pixels if i == 0 else None)
                 p.push(message, symbols_x if i == 0 else zs[i - 1][0])
                 self._push_fragile(message, pf)
                 pending.append(pp)
@@ -345,20 +385,23 @@ class BitsBackCoder:
         return out.numpy() / LOG2
 
     # ---- decode -----------------------------------------------------------------
-    def decode(self, message, batch, grey=False):
+    def decode(self, message, batch, grey=False, real=None):
         """Mirror of :meth:`encode`: pops ``batch`` images (uint8 (B, C, H, W);
-        C = 1 with ``grey``) and returns the message to its state before they
-        were encoded."""
+        C = 1 with ``grey``; with ``real``, the region popped and its edge
+        replication) and returns the message to its state before they were
+        encoded."""
         xs = (1,) + self.xs[1:] if grey else self.xs
+        pixels = self._real_pixels(real, xs[0])
         k_top = self._prior(batch).pop(message)
         if self.bitswap:
             k = k_top
             for i in reversed(range(self.nz)):
                 z = self._z_tensor(i, k)
-                p, _, _ = self._p(i, z, message, grey=grey)
+                p, _, _ = self._p(i, z, message, grey=grey, pixels=pixels if i == 0 else None)
                 below = p.pop(message)
-                given = (self._x_tensor(below.reshape((batch,) + xs)) if i == 0
-                         else self._z_tensor(i - 1, below))
+                if i == 0:
+                    below = self._rebuild(below, batch, xs, real)
+                given = self._x_tensor(below) if i == 0 else self._z_tensor(i - 1, below)
                 q, _, _ = self._q(i, given, message)
                 q.push(message, k)
                 k = below
@@ -368,12 +411,12 @@ class BitsBackCoder:
         zs = [None] * self.nz
         for i in reversed(range(self.nz)):
             zs[i] = self._z_tensor(i, ks[i])
-            p, _, _ = self._p(i, zs[i], message, grey=grey)
+            p, _, _ = self._p(i, zs[i], message, grey=grey, pixels=pixels if i == 0 else None)
             below = p.pop(message)
             if i > 0:
                 ks[i - 1] = below
             else:
-                x = below.reshape((batch,) + xs)
+                x = self._rebuild(below, batch, xs, real)
         givens = [self._x_tensor(x)] + zs[:-1]
         for i in reversed(range(self.nz)):
             q, _, _ = self._q(i, givens[i], message)

@@ -6,7 +6,8 @@ image handling).  Layout, all integers little-endian:
     offset  size  field
     0       8     magic  b"\\x89BSW\\r\\n\\x1a\\n"  (PNG-style: catches text-mode
                   mangling and tells a container from anything else)
-    8       2     format version (uint16), currently 2
+    8       2     format version (uint16), currently 3 (version 2 files are
+                  read too: they coded the replicated pixels of edge blocks)
     10      4     header length H (uint32)
     14      8     body length B (uint64)
     22      H     header: binary fields (``HEADER``), then the model name
@@ -49,7 +50,8 @@ import struct
 from utils.cli import BadInput
 
 MAGIC = b"\x89BSW\r\n\x1a\n"
-VERSION = 2
+VERSION = 3
+READABLE_VERSIONS = (2, 3)     # 3: edge blocks code only their real pixels
 _FIXED = struct.Struct("<8sHIQ")           # magic, version, header length, body length
 _HEADER = struct.Struct("<BBBBIIH32s32s4s")
 _DIGEST = 32
@@ -77,8 +79,11 @@ def fixed_bytes(model_name):
     return _FIXED.size + _HEADER.size + 1 + len(model_name.encode("utf-8")) + _DIGEST
 
 
-def pack(header: dict, body: bytes) -> bytes:
-    """Serialize ``header`` (every field of HEADER_FIELDS) and ``body``."""
+def pack(header: dict, body: bytes, version=VERSION) -> bytes:
+    """Serialize ``header`` (every field of HEADER_FIELDS) and ``body`` as a
+    container of format ``version`` (one of READABLE_VERSIONS)."""
+    if version not in READABLE_VERSIONS:
+        raise ContainerError(f"cannot write container format version {version}")
     _check_header(header)
     try:
         name = header["model_name"].encode("utf-8")
@@ -92,12 +97,13 @@ def pack(header: dict, body: bytes) -> bytes:
     if len(name) > 255:
         raise ContainerError("invalid header: model name longer than 255 bytes")
     head += bytes([len(name)]) + name
-    data = _FIXED.pack(MAGIC, VERSION, len(head), len(body)) + head + bytes(body)
+    data = _FIXED.pack(MAGIC, version, len(head), len(body)) + head + bytes(body)
     return data + hashlib.sha256(data).digest()
 
 
 def unpack(data: bytes):
-    """Inverse of ``pack``: returns (header dict, body bytes) or raises ContainerError."""
+    """Inverse of ``pack``: returns (header dict, body bytes) or raises
+    ContainerError; the header dict also carries ``format_version``."""
     data = bytes(data)
     n = len(data)
     if n == 0:
@@ -107,8 +113,9 @@ def unpack(data: bytes):
     if n < _FIXED.size:
         raise ContainerError(f"truncated file: {n} bytes, shorter than the {_FIXED.size}-byte preamble")
     _, version, hlen, blen = _FIXED.unpack_from(data)
-    if version != VERSION:
-        raise ContainerError(f"unsupported container format version {version} (this program reads {VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise ContainerError(f"unsupported container format version {version} "
+                             f"(this program reads {', '.join(map(str, READABLE_VERSIONS))})")
     if hlen > _HEADER.size + 256:
         raise ContainerError(f"corrupted file: header length {hlen} is implausible")
     expected = _FIXED.size + hlen + blen + _DIGEST
@@ -133,6 +140,7 @@ def unpack(data: bytes):
                   quantbits=quantbits, height=height, width=width, block=block,
                   model_hash=model_hash.hex(), pixels_sha256=pixels.hex(), model_name=name)
     _check_header(header)
+    header["format_version"] = version
     return header, data[_FIXED.size + hlen:-_DIGEST]
 
 

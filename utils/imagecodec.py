@@ -9,10 +9,12 @@ plumbing from utils/cli.py.
 
 Invariants:
 
-* Lossless on the whole image: the image is padded by edge replication to a
-  multiple of the model's block size (replicated pixels are cheap to code) and
-  cropped back on decode; the SHA-256 of the original pixels is stored and a
-  decode that does not reproduce it is an error (RunFailure), never a result.
+* Lossless on the whole image: the image is split into blocks of the model's
+  size; an edge block's real pixels are edge-replicated to a whole block for
+  the networks, and only the real pixels are coded (format version 3; version
+  2 files, which coded the replicated pixels too, still decode).  The SHA-256
+  of the original pixels is stored and a decode that does not reproduce it
+  is an error (RunFailure), never a result.
 * Grayscale is coded as one channel (utils/bitsback.py: the posterior sees
   the grey block replicated into RGB, the likelihood is the grey channel's)
   and written back as 8-bit grayscale.
@@ -91,9 +93,10 @@ def pad_to_blocks(image, block):
     return np.pad(image, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
 
 
-def block_order(ph, pw, block):
-    """Raster order of the blocks' top-left corners (encode order)."""
-    return [(r, c) for r in range(0, ph, block) for c in range(0, pw, block)]
+def block_order(h, w, block):
+    """Raster order of the top-left corners of the blocks covering an h x w
+    image (encode order; edge blocks may be partial)."""
+    return [(r, c) for r in range(0, h, block) for c in range(0, w, block)]
 
 
 def _coder(model):
@@ -129,27 +132,35 @@ def _header(image, mode, model, storage):
                 block=model.block, quantbits=model.quantbits, pixels_sha256=pixels_sha256(image, mode))
 
 
-def compress(image, mode, model, quiet=True, fallback=True):
+def block_tile(image, r, c, block):
+    """The block at (r, c): its real pixels, edge-replicated to block x block,
+    and the real region's (rows, columns)."""
+    real = image[r:r + block, c:c + block]
+    rh, rw = real.shape[:2]
+    return np.pad(real, ((0, block - rh), (0, block - rw), (0, 0)), mode="edge"), (rh, rw)
+
+
+def compress(image, mode, model, quiet=True, fallback=True, version=container.VERSION):
     """Code ``image`` (uint8 (H, W, C), ``mode`` RGB (C = 3) or L (C = 1))
     into a container.  ``fallback=False`` codes every block with Bit-Swap
-    and stores the message whatever its size (tests and measurements)."""
+    and stores the message whatever its size (tests and measurements);
+    ``version=2`` writes the older format (tests of reading old files)."""
     if SUPPORTED_MODES.get(mode) != image.shape[2]:
         raise BadInput(f"mode {mode} does not match an image of {image.shape[2]} channels")
     block = model.block
-    padded = pad_to_blocks(image, block)
-    ph, pw, _ = padded.shape
-    order = block_order(ph, pw, block)
+    order = block_order(image.shape[0], image.shape[1], block)
     msg = ans.InterleavedMessage.empty(lanes_for(len(order)), PRECISION, underflow_seed=UNDERFLOW_SEED)
     coder = _coder(model)
     raw_blocks = 0
     with deterministic_torch(), _progress(len(order), quiet, "compress") as bar:
         for r, c in order:
-            real = image[r:r + block, c:c + block]
+            tile, region = block_tile(image, r, c, block)
+            real = tile[:region[0], :region[1]]
             raw_bits = 8 * real.size + BLOCK_FLAG.bits(RAW_BLOCK)
             mark = msg.checkpoint(coder.latent_symbols)
             before = msg.bits()
             try:
-                coder.encode(msg, padded[None, r:r + block, c:c + block].transpose(0, 3, 1, 2))
+                coder.encode(msg, tile[None].transpose(0, 3, 1, 2), real=region if version >= 3 else None)
                 BLOCK_FLAG.push(msg, np.array([BITSWAP_BLOCK]))
                 cost = msg.bits() - before
             except FragileOutputs:
@@ -165,7 +176,7 @@ def compress(image, mode, model, quiet=True, fallback=True):
     storage = "bitswap"
     if fallback and len(body) >= image.size:
         storage, body = "raw", np.ascontiguousarray(image).tobytes()
-    data = container.pack(_header(image, mode, model, storage), body)
+    data = container.pack(_header(image, mode, model, storage), body, version)
     return EncodeResult(data=data, storage=storage, message_bits=msg.bits(), message_bytes=message_bytes,
                         initial_bits=32 * msg.borrowed_words, head_bits=int(msg.head_bits().sum()),
                         blocks=len(order), raw_blocks=raw_blocks, lanes=msg.lanes,
@@ -198,16 +209,16 @@ def decompress(data, model, quiet=True):
         if model is None:
             raise BadInput("this file needs the model it was made with")
         check_header(header, model)
-        image = _decode_message(body, header, model, channels, quiet)
+        image = _decode_message(body, header, model, channels, quiet, header["format_version"])
     if pixels_sha256(image, mode) != header["pixels_sha256"]:
         raise RunFailure("decoded pixels do not match the stored checksum; nothing written")
     return np.ascontiguousarray(image), mode
 
 
-def _decode_message(body, header, model, channels, quiet):
+def _decode_message(body, header, model, channels, quiet, version):
     h, w, b = header["height"], header["width"], header["block"]
     ph, pw = -(-h // b) * b, -(-w // b) * b
-    order = block_order(ph, pw, b)
+    order = block_order(h, w, b)
     try:
         msg = ans.InterleavedMessage.from_bytes(body)
     except ValueError as exc:
@@ -219,12 +230,12 @@ def _decode_message(body, header, model, channels, quiet):
     try:
         with deterministic_torch(), _progress(len(order), quiet, "decompress") as bar:
             for r, c in reversed(order):
+                rh, rw = min(b, h - r), min(b, w - c)
                 if BLOCK_FLAG.pop(msg)[0] == RAW_BLOCK:
-                    rh, rw = min(b, h - r), min(b, w - c)
                     real = RAW_BYTE.pop(msg, (rh, rw, channels)).astype(np.uint8)
                     padded[r:r + b, c:c + b] = np.pad(real, ((0, b - rh), (0, b - rw), (0, 0)), mode="edge")
                 else:
-                    tile = coder.decode(msg, 1, grey=channels == 1)[0]
+                    tile = coder.decode(msg, 1, grey=channels == 1, real=(rh, rw) if version >= 3 else None)[0]
                     padded[r:r + b, c:c + b] = tile.transpose(1, 2, 0)
                 bar.update()
     except ValueError as exc:   # e.g. popping past the end of the message
