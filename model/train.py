@@ -111,7 +111,9 @@ def parse_args(dataset, argv=None):
       help="with --dist=1: auto (Horovod under mpiexec when installed, else "
            "torch.distributed), horovod, or torch")
     cli.add_device_argument(p)
-    a("--data-root", default="data", help="folder holding the datasets (see utils/data.py)")
+    a("--data-root", default=None,
+      help="folder holding the datasets (see utils/data.py) (default: data; with --resume RUN: "
+           "the one RUN used)")
     a("--download", action="store_true", help="download MNIST / CIFAR-10 through torchvision")
     a("--out", default=None,
       help="output folder (default: runs/<dataset>_nz<nz>; with --resume RUN: RUN)")
@@ -142,8 +144,9 @@ def parse_args(dataset, argv=None):
            "weights on the first --curve-images held-out images and append a row to "
            "<out>/curve.csv (training budget so far in wall and CPU seconds, test ELBO); also "
            "once when the run stops")
-    a("--curve-images", type=int, default=2000,
-      help="held-out images per --curve-minutes evaluation (the same ones every time)")
+    a("--curve-images", type=int, default=None,
+      help="held-out images per --curve-minutes evaluation (the same ones every time) "
+           "(default: 2000; --curve-minutes and --curve-images default to RUN's with --resume RUN)")
     args = p.parse_args(argv)
     given = {name: getattr(args, name) for _, _, name, _ in SETTINGS
              if getattr(args, name) is not None}
@@ -152,18 +155,34 @@ def parse_args(dataset, argv=None):
     args.resume_checkpoint = args.resume_weights = None
     saved = resumed_settings(dataset, args)
     if saved is not None:
+        for name, value in args.resume_checkpoint[1].get("run_options", {}).items():
+            if name in RUN_OPTIONS and getattr(args, name) is None:
+                setattr(args, name, value)
         base = {k: v for k, v in saved.items() if k != "dataset"}
         cfg = config_for(dataset, **{**base, **given})
     elif args.resume:      # weights to start from: their architecture, the paper's training
         cfg = config_for(dataset, **{**starting_architecture(dataset, args), **given})
     else:
         cfg = config_for(dataset, **given)
+    for name, default in RUN_OPTIONS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     if args.out is None:
         args.out = (os.path.dirname(os.path.abspath(args.resume_checkpoint[0])) if saved is not None
                     else os.path.join("runs", f"{dataset}_nz{cfg.nz}"))
     if args.log_dir is None:
         args.log_dir = os.path.join(args.out, "logs")
     return cfg, args
+
+
+# Options that are not the recipe but belong to the run: --resume RUN takes
+# them from RUN unless given (None: not given), else these defaults.
+RUN_OPTIONS = {"data_root": "data", "curve_minutes": None, "curve_images": 2000}
+
+
+def run_options(args):
+    """The RUN_OPTIONS values of this run (saved in its checkpoint)."""
+    return {name: getattr(args, name) for name in RUN_OPTIONS}
 
 
 def resumed_settings(dataset, args):
@@ -517,7 +536,7 @@ class Trainer:
                    ema=self.ema.shadow, optimizer=self.optimizer.state_dict(), step=self.step,
                    epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
                    best_elbo=self.best_elbo, rng=rngs, world_size=self.dist.world_size,
-                   budget=dict(self.budget), device=self.device.type)
+                   budget=dict(self.budget), device=self.device.type, run_options=run_options(self.args))
         atomic_save(obj, self.ckpt_path)
         atomic_save(self.ema.state_dict_of(self.model), os.path.join(self.out, "model_last.pt"))
 
@@ -600,7 +619,8 @@ class Trainer:
         self.start()
         if dist.is_root:  # the recipe, readable without loading the checkpoint
             cli.write_atomic(os.path.join(self.out, "config.json"), json.dumps(dict(
-                cfg.to_dict(), threads=torch.get_num_threads(), world_size=dist.world_size), indent=1))
+                cfg.to_dict(), threads=torch.get_num_threads(), world_size=dist.world_size,
+                run_options=run_options(args)), indent=1))
         logger = Logger(args.log_dir, dist.is_root)
         t0 = last_ckpt = time.time()
         per_epoch = self.sampler.batches_per_epoch

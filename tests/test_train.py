@@ -278,14 +278,20 @@ def test_resume_reads_settings_and_folder_and_says_when_there_is_nothing_to_do(t
     from model import package
     sd.write_mnist(str(tmp_path / "data"))
     out = tmp_path / "run"
-    assert run_main("mnist", tmp_path / "data", out, "--max-steps", "2", "--interval", "100") == 0
+    assert run_main("mnist", tmp_path / "data", out, "--max-steps", "2", "--interval", "100",
+                    "--curve-minutes", "30", "--curve-images", "7") == 0
     assert (out / "model_best.pt").exists()          # no evaluation was due: exported at the end
+    # the run's data folder and curve options come back with --resume RUN, unless given
+    _, resumed = T.parse_args("mnist", ["--resume", str(out)])
+    assert (resumed.data_root, resumed.curve_minutes, resumed.curve_images) == (str(tmp_path / "data"), 30, 7)
+    _, given = T.parse_args("mnist", ["--resume", str(out), "--data-root", "elsewhere", "--curve-images", "9"])
+    assert (given.data_root, given.curve_minutes, given.curve_images) == ("elsewhere", 30, 9)
+    assert T.parse_args("mnist", [])[1].data_root == "data"
     best = package.load(str(out / "model_best.pt"), dataset="mnist", need_bins=False)
     assert best.net.architecture()["width"] == 8 and best.weights_kind == "ema"
     tail = capsys.readouterr().out
     assert f"python discretization.py mnist --params {out}" in tail
-    bare = ["--data-root", str(tmp_path / "data"), "--no-progress", "--threads", "1",
-            "--resume", str(out)]
+    bare = ["--no-progress", "--threads", "1", "--resume", str(out)]
     assert T.main("mnist", bare + ["--max-steps", "4"]) == 0      # no --width, no --out
     assert checkpoint(out)["step"] == 4 and checkpoint(out)["config"]["width"] == 8
     saved = (out / "checkpoint.pt").read_bytes()
