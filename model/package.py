@@ -475,8 +475,12 @@ def combined_training(previous, session):
     """The training record of a model trained in ``session`` after the
     sessions recorded in ``previous`` (a package's ``training``, or None):
     totals of steps, images and wall time, every hardware named, and the
-    list of sessions, oldest first."""
+    list of sessions, oldest first.  A session of the same run folder as
+    ``session`` is dropped: the run was resumed since, and a run's step
+    counter and budget accumulate over its resumes, so ``session`` covers it."""
     sessions = list((previous or {}).get("sessions", [])) or ([previous] if previous else [])
+    run_dir = session.get("run_dir")
+    sessions = [x for x in sessions if not (run_dir and x.get("run_dir") == run_dir)]
     sessions.append(session)
     wall = sum(float(x.get("wall_s") or x.get("log_wall_s") or
                      60 * float(x.get("wall_minutes_approx") or 0)) for x in sessions)

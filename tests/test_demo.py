@@ -474,6 +474,18 @@ def test_make_package_accumulates_the_training_of_a_continued_package(tmp_path):
                               "--name", "continued", "--out", str(again),
                               "--bins", str(run)]) == 0
     assert package.load(str(again)).info["training"] == training
+    # the same run resumed and packaged again on top of that package: its
+    # record (counters and budget accumulate over resumes) replaces its earlier one
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    checkpoint.update(step=25, budget=dict(wall_s=80.0, cpu_s=75.0, images=800))
+    torch.save(checkpoint, run / "checkpoint.pt")
+    resumed = tmp_path / "resumed"
+    assert make_package.main([str(run), "--dataset", "imagenetcrop", "--quantbits", "6", "--name", "continued",
+                              "--out", str(resumed), "--training-hardware", "machine B",
+                              "--continues", str(out)]) == 0
+    training = package.load(str(resumed)).info["training"]
+    assert [s["hardware"] for s in training["sessions"]] == ["machine A", "machine B"]
+    assert training["steps"] == 125 and training["wall_s"] == 140.0
     # bins derived from the earlier weights do not fit the continued ones
     other = tmp_path / "other_bins"
     fresh_bins().save_ranges(ranges_path(str(other), "imagenetcrop", 2, 6),
