@@ -220,7 +220,7 @@ class BitsBackCoder:
 
     def _p(self, i, given, message=None, grey=False, pixels=None):
         """Codec of the layer below z_{i+1} (i >= 1) or of x (i = 0; only the
-        flat pixel indices ``pixels`` when given)."""
+        flat pixel indices ``pixels`` when given; ignored for i >= 1)."""
         mu, scale, tmu, tscale, fragile = self._net(self.model.generate, i, given, message)
         if i == 0:
             if grey:        # the grey channel's logistic: a fixed mix of the three channels'
@@ -245,9 +245,11 @@ class BitsBackCoder:
             return None
         return np.arange(channels * h * w).reshape(channels, h, w)[:, :rh, :rw].ravel()
 
-    def _rebuild(self, popped, batch, xs, real):
-        """Images from popped pixels: the real region, edge-replicated to xs."""
-        if self._real_pixels(real, xs[0]) is None:
+    @staticmethod
+    def _rebuild(popped, batch, xs, real, pixels):
+        """Images from popped pixels (``pixels`` of ``_real_pixels``): the
+        real region, edge-replicated to xs."""
+        if pixels is None:
             return popped.reshape((batch,) + xs)
         rh, rw = (int(v) for v in real)
         region = popped.reshape((batch, xs[0], rh, rw))
@@ -280,7 +282,7 @@ class BitsBackCoder:
         b = x.shape[0]
         pixels = self._real_pixels(real, x.shape[1])
         if pixels is not None and not np.array_equal(
-                self._rebuild(x.reshape(b, -1)[:, pixels], b, tuple(x.shape[1:]), real), x):
+                self._rebuild(x.reshape(b, -1)[:, pixels], b, tuple(x.shape[1:]), real, pixels), x):
             raise ValueError(f"images are not the edge replication of their real region {real}")
         symbols_x = x.reshape(b, -1).astype(np.int64)
         if pixels is not None:
@@ -298,7 +300,7 @@ class BitsBackCoder:
             zs.append((k, z))
             q_params.append(qp)
             if self.bitswap:
-                p, pp, pf = self._p(i, z, grey=grey, pixels=pixels if i == 0 else None)
+                p, pp, pf = self._p(i, z, grey=grey, pixels=pixels)
                 p.push(message, symbols_x if i == 0 else zs[i - 1][0])
                 self._push_fragile(message, pf)
                 pending.append(pp)
@@ -307,7 +309,7 @@ class BitsBackCoder:
             if before_first_push is not None:
                 before_first_push(message)
             for i in range(self.nz):
-                p, pp, pf = self._p(i, zs[i][1], grey=grey, pixels=pixels if i == 0 else None)
+                p, pp, pf = self._p(i, zs[i][1], grey=grey, pixels=pixels)
                 p.push(message, symbols_x if i == 0 else zs[i - 1][0])
                 self._push_fragile(message, pf)
                 pending.append(pp)
@@ -397,10 +399,10 @@ class BitsBackCoder:
             k = k_top
             for i in reversed(range(self.nz)):
                 z = self._z_tensor(i, k)
-                p, _, _ = self._p(i, z, message, grey=grey, pixels=pixels if i == 0 else None)
+                p, _, _ = self._p(i, z, message, grey=grey, pixels=pixels)
                 below = p.pop(message)
                 if i == 0:
-                    below = self._rebuild(below, batch, xs, real)
+                    below = self._rebuild(below, batch, xs, real, pixels)
                 given = self._x_tensor(below) if i == 0 else self._z_tensor(i - 1, below)
                 q, _, _ = self._q(i, given, message)
                 q.push(message, k)
@@ -411,12 +413,12 @@ class BitsBackCoder:
         zs = [None] * self.nz
         for i in reversed(range(self.nz)):
             zs[i] = self._z_tensor(i, ks[i])
-            p, _, _ = self._p(i, zs[i], message, grey=grey, pixels=pixels if i == 0 else None)
+            p, _, _ = self._p(i, zs[i], message, grey=grey, pixels=pixels)
             below = p.pop(message)
             if i > 0:
                 ks[i - 1] = below
             else:
-                x = self._rebuild(below, batch, xs, real)
+                x = self._rebuild(below, batch, xs, real, pixels)
         givens = [self._x_tensor(x)] + zs[:-1]
         for i in reversed(range(self.nz)):
             q, _, _ = self._q(i, givens[i], message)

@@ -132,12 +132,17 @@ def _header(image, mode, model, storage):
                 block=model.block, quantbits=model.quantbits, pixels_sha256=pixels_sha256(image, mode))
 
 
+def replicate_to_block(real, block):
+    """Edge-replicate a block's real pixels (rh, rw, C) to (block, block, C)."""
+    rh, rw = real.shape[:2]
+    return np.pad(real, ((0, block - rh), (0, block - rw), (0, 0)), mode="edge")
+
+
 def block_tile(image, r, c, block):
     """The block at (r, c): its real pixels, edge-replicated to block x block,
     and the real region's (rows, columns)."""
     real = image[r:r + block, c:c + block]
-    rh, rw = real.shape[:2]
-    return np.pad(real, ((0, block - rh), (0, block - rw), (0, 0)), mode="edge"), (rh, rw)
+    return replicate_to_block(real, block), real.shape[:2]
 
 
 def compress(image, mode, model, quiet=True, fallback=True, version=container.VERSION):
@@ -233,7 +238,7 @@ def _decode_message(body, header, model, channels, quiet, version):
                 rh, rw = min(b, h - r), min(b, w - c)
                 if BLOCK_FLAG.pop(msg)[0] == RAW_BLOCK:
                     real = RAW_BYTE.pop(msg, (rh, rw, channels)).astype(np.uint8)
-                    padded[r:r + b, c:c + b] = np.pad(real, ((0, b - rh), (0, b - rw), (0, 0)), mode="edge")
+                    padded[r:r + b, c:c + b] = replicate_to_block(real, b)
                 else:
                     tile = coder.decode(msg, 1, grey=channels == 1, real=(rh, rw) if version >= 3 else None)[0]
                     padded[r:r + b, c:c + b] = tile.transpose(1, 2, 0)
