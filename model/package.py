@@ -42,6 +42,7 @@ arbitrary code), so older runs keep resuming.
 """
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -464,11 +465,24 @@ def write_package(directory, state_dict, architecture, bins, name, dataset, weig
                              .replace("torch.", ""), kind=weights_kind,
                              sha256=file_sha256(weights_path), fingerprint=fingerprint),
                 bins=dict(file=BINS_FILE, sha256=file_sha256(os.path.join(directory, BINS_FILE))),
-                training=training or {}, notes=notes or {})
+                training=_finite_json(training or {}), notes=_finite_json(notes or {}))
     with atomic_output(descriptor, "w") as f:
-        json.dump(desc, f, indent=1)
+        json.dump(desc, f, indent=1, allow_nan=False)
         f.write("\n")
     return directory
+
+
+def _finite_json(value):
+    """``value`` with every infinite or NaN float replaced by None: model.json
+    is strict JSON (``Infinity`` is Python's extension, which other readers
+    refuse), and an infinite figure (a run that never evaluated) means none."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
 
 
 def combined_training(previous, session):

@@ -13,6 +13,7 @@ decode in separate processes with different torch thread counts.
 """
 import hashlib
 import io
+import json
 import os
 import struct
 import subprocess
@@ -477,7 +478,7 @@ def test_make_package_accumulates_the_training_of_a_continued_package(tmp_path):
     # the same run resumed and packaged again on top of that package: its
     # record (counters and budget accumulate over resumes) replaces its earlier one
     checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
-    checkpoint.update(step=25, budget=dict(wall_s=80.0, cpu_s=75.0, images=800))
+    checkpoint.update(step=25, budget=dict(wall_s=80.0, cpu_s=75.0, images=800), best_elbo=float("inf"))
     torch.save(checkpoint, run / "checkpoint.pt")
     resumed = tmp_path / "resumed"
     assert make_package.main([str(run), "--dataset", "imagenetcrop", "--quantbits", "6", "--name", "continued",
@@ -486,6 +487,11 @@ def test_make_package_accumulates_the_training_of_a_continued_package(tmp_path):
     training = package.load(str(resumed)).info["training"]
     assert [s["hardware"] for s in training["sessions"]] == ["machine A", "machine B"]
     assert training["steps"] == 125 and training["wall_s"] == 140.0
+    # a run that never evaluated has no best -ELBO; model.json stays strict JSON
+    def refuse(constant):
+        raise ValueError(f"model.json holds {constant}")
+    strict = json.loads((resumed / "model.json").read_text(), parse_constant=refuse)
+    assert strict["training"]["sessions"][-1]["best_test_elbo"] is None
     # bins derived from the earlier weights do not fit the continued ones
     other = tmp_path / "other_bins"
     fresh_bins().save_ranges(ranges_path(str(other), "imagenetcrop", 2, 6),
