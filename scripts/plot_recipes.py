@@ -3,7 +3,8 @@
 Each run folder holds the `curve.csv` that `--curve-minutes` writes and the
 run's `config.json`. The script plots every run's held-out ELBO (EMA
 weights) against CPU-minutes, fits `elbo(t) = a + b * t**-c` to each curve
-past its first few minutes, extrapolates it to the budget (`--budget-minutes`),
+past its first few minutes, extrapolates it to the budget (`--budget-minutes`;
+a curve that reached the budget is read there instead),
 and names the recipe with the lowest extrapolated held-out ELBO: the recipe to
 continue. When some curve is too short to fit, the choice falls back to the
 lowest held-out ELBO at the largest CPU budget that every run reached. With `--collect DIR` it first copies each run's two files into
@@ -41,13 +42,28 @@ def read_run(folder):
     with open(os.path.join(folder, "config.json")) as f:
         config = json.load(f)
     cols = {k: np.array([float(r[k]) for r in rows]) for k in
-            ("step", "images", "wall_s", "cpu_s", "threads", "test_elbo", "train_elbo")}
+            ("step", "images", "wall_s", "cpu_s", "threads", "lr", "test_elbo", "train_elbo")}
     return dict(name=os.path.basename(os.path.normpath(folder)), config=config, **cols)
 
 
-def describe(config):
-    text = ", ".join(f"{k} {config[k]:g}" if isinstance(config[k], float) else f"{k} {config[k]}"
-                     for k in KNOBS if k in config)
+def learning_rate_changes(run):
+    """[(step, new lr)] where a resumed run was given another learning rate
+    (config.json holds only the last one): a jump between two curve points
+    that the per-step decay cannot explain. The new rate applies after the
+    earlier point, which a run writes when it stops."""
+    lr, step = run["lr"], run["step"]
+    return [(int(step[i - 1]), float(lr[i])) for i in range(1, len(lr))
+            if not 0.9 <= lr[i] / lr[i - 1] <= 1.1]
+
+
+def describe(config, run=None):
+    changes = learning_rate_changes(run) if run is not None else []
+    knobs = dict(config)
+    if changes:        # the recipe's first learning rate, then each change
+        knobs["lr"] = (f"{run['lr'][0]:.2g}"
+                       + "".join(f" then {lr:g} from step {s:,}" for s, lr in changes))
+    text = ", ".join(f"{k} {knobs[k]:g}" if isinstance(knobs[k], float) else f"{k} {knobs[k]}"
+                     for k in KNOBS if k in knobs)
     # "start": where a run that did not start from scratch took its weights
     return text + (f", from {config['start']}" if config.get("start") else "")
 
@@ -73,8 +89,13 @@ def fit_power_law(minutes, elbo, skip_minutes=3.0):
 
 
 def extrapolate(run, budget_minutes):
+    """The power-law fit of the run's curve (None if too short) and its
+    held-out ELBO at the budget: measured when the curve reached the budget
+    (a fit is only needed beyond the data), else the fit's extrapolation."""
     minutes = run["cpu_s"] / 60
     fit = fit_power_law(minutes, run["test_elbo"])
+    if minutes[-1] >= budget_minutes:
+        return fit, at_minutes(run, budget_minutes)
     if fit is None:
         return fit, math.nan
     a, b, c = fit
@@ -119,7 +140,7 @@ def main(argv=None):
         r["fit"], r["at_budget"] = fit, at_budget
         r["at_common"] = at_minutes(r, common)
         fit_s = "-" if fit is None else f"{fit[0]:.3f} + {fit[1]:.3f} t^-{fit[2]:.2f}"
-        print(f"| {r['name']} | {describe(r['config'])} | {r['cpu_s'][-1] / 60:.1f} | "
+        print(f"| {r['name']} | {describe(r['config'], r)} | {r['cpu_s'][-1] / 60:.1f} | "
               f"{r['test_elbo'][-1]:.4f} | {r['train_elbo'][-1]:.4f} | {r['at_common']:.4f} | "
               f"{fit_s} | {at_budget:.3f} |")
     if all(math.isfinite(r["at_budget"]) for r in runs):
@@ -141,7 +162,7 @@ def main(argv=None):
         for r in runs:
             minutes = r["cpu_s"] / 60
             line, = ax.plot(minutes, r["test_elbo"], "o-", ms=3,
-                            label=f"{r['name']}: {describe(r['config'])}")
+                            label=f"{r['name']}: {describe(r['config'], r)}")
             if r["fit"] is not None:
                 a, b, c = r["fit"]
                 t = np.linspace(max(minutes[0], 1.0), args.budget_minutes, 200)

@@ -35,6 +35,11 @@ def test_extrapolation_picks_the_recipe_that_ends_lowest(tmp_path, capsys):
     fit, at_180 = plot_recipes.extrapolate(run, 180)
     assert np.allclose(fit, (1.00, 2.0, 0.6), atol=1e-3)
     assert abs(at_180 - (1.0 + 2.0 * 180 ** -0.6)) < 1e-3
+    # within the measured curve the measurement counts, not the fit
+    fit_10, at_10 = plot_recipes.extrapolate(run, 10)
+    assert fit_10 == fit and at_10 == plot_recipes.at_minutes(run, 10)
+    run["test_elbo"][3] += 0.5                      # the 10-minute point, off the fitted law
+    assert plot_recipes.extrapolate(run, 10)[1] == run["test_elbo"][3]
     assert png.stat().st_size > 10_000
     assert sorted(os.listdir(tmp_path / "kept" / "slow")) == ["config.json", "curve.csv"]
 
@@ -55,3 +60,22 @@ def test_short_curves_are_compared_at_the_budget_every_run_reached(tmp_path, cap
     assert "choice: short" in out and "at 5.0 CPU-minutes" in out
     run = plot_recipes.read_run(str(tmp_path / "long"))
     assert abs(plot_recipes.at_minutes(run, 3.75) - (1.2 + (1 / 2.5 + 1 / 5) / 2)) < 1e-9
+
+
+def test_a_learning_rate_changed_on_resume_is_named_in_the_recipe(tmp_path):
+    """config.json keeps only the last learning rate; the curve's lr column
+    shows where a resume changed it (a decaying rate is not a change)."""
+    write_run(tmp_path / "run", a=1.0, b=1.0, c=1.0, width=32)
+    curve = tmp_path / "run" / "curve.csv"
+    lines = curve.read_text().splitlines()
+    decayed = [line.replace(",2e-3,", f",{2e-3 * 0.99 ** i:.3e},") for i, line in enumerate(lines[1:6])]
+    dropped = [line.replace(",2e-3,", ",6e-4,") for line in lines[6:]]
+    curve.write_text("\n".join([lines[0]] + decayed + dropped) + "\n")
+    run = plot_recipes.read_run(str(tmp_path / "run"))
+    assert plot_recipes.learning_rate_changes(run) == [(4, 6e-4)]
+    assert plot_recipes.describe(run["config"], run).endswith("lr 0.002 then 0.0006 from step 4")
+    assert "lr 0.002 then" in plot_recipes.describe(run["config"], run)
+    write_run(tmp_path / "plain", a=1.0, b=1.0, c=1.0, width=32)
+    plain = plot_recipes.read_run(str(tmp_path / "plain"))
+    assert plot_recipes.learning_rate_changes(plain) == []
+    assert plot_recipes.describe(plain["config"], plain).endswith("lr 0.002")
