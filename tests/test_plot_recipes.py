@@ -74,7 +74,6 @@ def test_a_learning_rate_changed_on_resume_is_named_in_the_recipe(tmp_path):
     run = plot_recipes.read_run(str(tmp_path / "run"))
     assert plot_recipes.learning_rate_changes(run) == [(4, 6e-4)]
     assert plot_recipes.describe(run["config"], run).endswith("lr 0.002 then 0.0006 from step 4")
-    assert "lr 0.002 then" in plot_recipes.describe(run["config"], run)
     write_run(tmp_path / "plain", a=1.0, b=1.0, c=1.0, width=32)
     plain = plot_recipes.read_run(str(tmp_path / "plain"))
     assert plot_recipes.learning_rate_changes(plain) == []
