@@ -44,6 +44,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     seed: int = 100
     patches_per_image: int = 1  # imagenetcrop: random patches per image file and epoch
+    hflip: bool = False         # imagenetcrop: mirror a random half of the training patches
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -61,6 +62,9 @@ class TrainConfig:
             raise ValueError("--nprocessing and --blocks must be >= 0")
         if self.patches_per_image < 1:
             raise ValueError(f"--patches-per-image must be >= 1, got {self.patches_per_image}")
+        if self.hflip and self.dataset != "imagenetcrop":
+            # digits are not mirror-symmetric; the paper augments no dataset
+            raise ValueError(f"--hflip applies to imagenetcrop patches only, not {self.dataset}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
 

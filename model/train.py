@@ -83,7 +83,10 @@ SETTINGS = [
      "imagenetcrop: random 32x32 patches per image file and epoch (more for a small photo "
      "collection)"),
     ("--init-batches", int, "init_batches", "batches stacked for the data-dependent init"),
+    ("--hflip", int, "hflip",
+     "imagenetcrop: mirror a random half of the training patches left-right (1) or not (0)"),
 ]
+BOOLEAN_SETTINGS = ("schedule", "hflip")
 ARCHITECTURE_FLAGS = ("--nz", "--width", "--zchannels", "--nprocessing", "--blocks", "--kernel")
 
 
@@ -100,9 +103,9 @@ def parse_args(dataset, argv=None):
     a = p.add_argument
     for flag, kind, name, text in SETTINGS:
         value = getattr(paper, name)
-        value = int(value) if name == "schedule" else value
+        value = int(value) if name in BOOLEAN_SETTINGS else value
         a(flag, type=kind, dest=name, default=None,
-          choices=(0, 1) if name == "schedule" else None,
+          choices=(0, 1) if name in BOOLEAN_SETTINGS else None,
           help=f"{text} (paper: {value}" + (f" at nz={paper.nz}, other nz: their own)"
                                             if name == "width" else ")"))
     a("--dist", type=int, default=0, choices=(0, 1),
@@ -150,8 +153,9 @@ def parse_args(dataset, argv=None):
     args = p.parse_args(argv)
     given = {name: getattr(args, name) for _, _, name, _ in SETTINGS
              if getattr(args, name) is not None}
-    if "schedule" in given:
-        given["schedule"] = bool(given["schedule"])
+    for name in BOOLEAN_SETTINGS:
+        if name in given:
+            given[name] = bool(given[name])
     args.resume_checkpoint = args.resume_weights = None
     saved = resumed_settings(dataset, args)
     if saved is not None:
@@ -435,7 +439,7 @@ class Trainer:
         self.workers = args.workers if args.workers is not None else (4 if self.device.type == "cuda" else 0)
         if datasets is None:
             datasets = training_datasets(cfg.dataset, args.data_root, args.download,
-                                         cfg.patches_per_image)
+                                         cfg.patches_per_image, cfg.hflip)
         self.train_set, self.test_set = datasets
         if len(self.train_set) < cfg.batch:
             raise BadInput(f"the training set has {len(self.train_set)} images, fewer than "

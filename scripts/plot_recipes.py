@@ -64,6 +64,8 @@ def describe(config, run=None):
                        + "".join(f" then {lr:g} from step {s:,}" for s, lr in changes))
     text = ", ".join(f"{k} {knobs[k]:g}" if isinstance(knobs[k], float) else f"{k} {knobs[k]}"
                      for k in KNOBS if k in knobs)
+    if config.get("hflip"):
+        text += ", mirrored patches"
     # "start": where a run that did not start from scratch took its weights
     return text + (f", from {config['start']}" if config.get("start") else "")
 

@@ -165,3 +165,26 @@ def test_fixed_imagenetcrop_test_patches_replace_the_test_folder(tmp_path):
     np.save(path, fixed[:, :16, :16])
     with pytest.raises(ValueError, match="32x32 patches"):
         training_datasets("imagenetcrop", str(tmp_path))
+
+
+def test_hflip_mirrors_about_half_of_the_training_patches_and_no_evaluation_patch(tmp_path):
+    """--hflip: the same index gives the same crop, mirrored left-right for
+    about half of the indices; a deterministic (evaluation) set never mirrors."""
+    sd.write_imagenetcrop(str(tmp_path), n_train=3, n_test=2)
+    files = list_image_files(os.path.join(tmp_path, "imagenetcrop", "train"))
+    plain, mirrored = RandomPatches(files, per_image=20), RandomPatches(files, per_image=20, hflip=True)
+    flipped = 0
+    for i in range(len(plain)):
+        a, b = plain[i][0], mirrored[i][0]
+        assert not torch.equal(a, torch.flip(a, [2]))    # the synthetic crops are not symmetric
+        if torch.equal(b, torch.flip(a, [2])):
+            flipped += 1
+        else:
+            assert torch.equal(b, a)
+        assert b.is_contiguous() and b.dtype == torch.float32
+    assert 15 <= flipped <= 45, flipped
+    test = RandomPatches(files, deterministic=True, per_image=20, hflip=True)
+    reference = RandomPatches(files, deterministic=True, per_image=20)
+    assert all(torch.equal(test[i][0], reference[i][0]) for i in range(len(test)))
+    train, _ = training_datasets("imagenetcrop", str(tmp_path), patches_per_image=20, hflip=True)
+    assert train.hflip and sum(not torch.equal(train[i][0], plain[i][0]) for i in range(60)) == flipped

@@ -78,3 +78,5 @@ def test_a_learning_rate_changed_on_resume_is_named_in_the_recipe(tmp_path):
     plain = plot_recipes.read_run(str(tmp_path / "plain"))
     assert plot_recipes.learning_rate_changes(plain) == []
     assert plot_recipes.describe(plain["config"], plain).endswith("lr 0.002")
+    assert plot_recipes.describe({**plain["config"], "hflip": True}, plain).endswith(
+        "lr 0.002, mirrored patches")

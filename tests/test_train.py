@@ -287,6 +287,9 @@ def test_resume_reads_settings_and_folder_and_says_when_there_is_nothing_to_do(t
     _, given = T.parse_args("mnist", ["--resume", str(out), "--data-root", "elsewhere", "--curve-images", "9"])
     assert (given.data_root, given.curve_minutes, given.curve_images) == ("elsewhere", 30, 9)
     assert T.parse_args("mnist", [])[1].data_root == "data"
+    # a setting given with --resume RUN replaces the run's; the others stay
+    assert T.parse_args("mnist", ["--resume", str(out)])[0].dropout == 0.2
+    assert T.parse_args("mnist", ["--resume", str(out), "--dropout", "0.1"])[0].dropout == 0.1
     best = package.load(str(out / "model_best.pt"), dataset="mnist", need_bins=False)
     assert best.net.architecture()["width"] == 8 and best.weights_kind == "ema"
     tail = capsys.readouterr().out
@@ -313,3 +316,28 @@ def test_help_states_defaults_and_step_semantics(capsys):
     assert "(paper: 61 at nz=8" in text and "(paper: 0.2)" in text      # mnist width, dropout
     assert "steps of earlier sessions count" in text and "minutes of this session" in text
     assert "default: auto" in text and "default: data" in text
+
+
+def test_hflip_is_an_imagenetcrop_setting_kept_by_resume(tmp_path, capsys):
+    """--hflip 1 reaches the patch loader, is recorded in the checkpoint and
+    comes back with --resume; a run recorded before the setting existed
+    resumes without it; MNIST refuses it with a one-line error."""
+    sd.write_imagenetcrop(str(tmp_path / "data"))
+    out = tmp_path / "run"
+    assert run_main("imagenetcrop", tmp_path / "data", out, "--max-steps", "1", "--interval", "100",
+                    "--hflip", "1") == 0
+    assert checkpoint(out)["config"]["hflip"] is True
+    cfg, args = T.parse_args("imagenetcrop", ["--resume", str(out)])
+    assert cfg.hflip is True
+    assert T.Trainer(cfg, args, Distributed()).train_set.hflip
+    assert T.parse_args("imagenetcrop", ["--resume", str(out), "--hflip", "0"])[0].hflip is False
+    old = checkpoint(out)
+    del old["config"]["hflip"]
+    torch.save(old, out / "checkpoint.pt")
+    assert T.parse_args("imagenetcrop", ["--resume", str(out)])[0].hflip is False
+    sd.write_mnist(str(tmp_path / "mnist"))
+    capsys.readouterr()
+    assert run_main("mnist", tmp_path / "mnist", tmp_path / "m", "--max-steps", "1", "--hflip", "1") == 2
+    err = capsys.readouterr().err.strip()
+    assert "--hflip applies to imagenetcrop patches only" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "m").exists()

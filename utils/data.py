@@ -200,9 +200,12 @@ class RandomPatches(Dataset):
     edge-padded. The paper's full-size ImageNet has a million files and uses
     one patch per file; a small photo collection needs many per image, and
     then the decoded images are kept in memory (`cache`) instead of being
-    decoded again for every patch."""
+    decoded again for every patch. `hflip` mirrors a random half of the
+    training patches left-right (a photo's mirror image is as likely a photo;
+    evaluation patches are never mirrored)."""
 
-    def __init__(self, files, size=32, deterministic=False, seed=0, per_image=1, cache=None):
+    def __init__(self, files, size=32, deterministic=False, seed=0, per_image=1, cache=None,
+                 hflip=False):
         if per_image < 1:
             raise ValueError(f"patches per image must be >= 1, got {per_image}")
         self.files = files
@@ -210,6 +213,7 @@ class RandomPatches(Dataset):
         self.deterministic = deterministic
         self.seed = seed
         self.per_image = per_image
+        self.hflip = hflip and not deterministic
         self.cache = {} if (cache if cache is not None else per_image > 1) else None
         self.epoch = 0
 
@@ -249,12 +253,16 @@ class RandomPatches(Dataset):
         top = int(rng.integers(0, h - self.size + 1))
         left = int(rng.integers(0, w - self.size + 1))
         patch = img[:, top:top + self.size, left:left + self.size]
-        return torch.from_numpy(patch.astype(np.float32)), 0
+        # drawn after the position: the same index gives the same patch with
+        # or without the option, mirrored or not
+        if self.hflip and rng.integers(2):
+            patch = patch[:, :, ::-1]
+        return torch.from_numpy(np.ascontiguousarray(patch, dtype=np.float32)), 0
 
 
-def training_datasets(dataset, root, download=False, patches_per_image=1):
+def training_datasets(dataset, root, download=False, patches_per_image=1, hflip=False):
     """(train, test) torch datasets for the training loop of `dataset`
-    (`patches_per_image`: imagenetcrop only, see RandomPatches)."""
+    (`patches_per_image`, `hflip`: imagenetcrop only, see RandomPatches)."""
     if dataset == "mnist":
         return tuple(ArrayImages(load_images("mnist", s, root, download), pad=2) for s in SPLITS)
     if dataset in ("cifar", "imagenet"):
@@ -262,7 +270,7 @@ def training_datasets(dataset, root, download=False, patches_per_image=1):
     if dataset == "imagenetcrop":
         folder = os.path.join(root, "imagenetcrop")
         train = RandomPatches(list_image_files(os.path.join(folder, "train")),
-                              per_image=patches_per_image)
+                              per_image=patches_per_image, hflip=hflip)
         if patches_per_image > 1:
             train.preload()
         fixed = os.path.join(folder, "test_32x32.npy")
