@@ -259,6 +259,8 @@ class ModelRun:
             self.previous_training = previous_training(start_from)
         cfg, targs = T.parse_args(self.dataset, argv)
         self.cfg = cfg
+        if cfg.hflip:   # kept from a --photo-from training run that used it
+            self.data.hflip = True
         self.trainer = T.Trainer(cfg, targs, Distributed(),
                                  datasets=(ArrayImages(self.init_images), ArrayImages(self.test)))
         self.trainer._say = lambda message: self.log(f"{self.name}: {message}")   # into run.log

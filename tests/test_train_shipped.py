@@ -198,6 +198,40 @@ def test_device_patches_are_windows_of_the_tiles():
     assert not np.array_equal(data.fixed(10, 5), data.fixed(10, 6))
 
 
+def test_device_patches_mirror_about_half_of_the_training_patches_with_hflip():
+    rng = np.random.default_rng(0)
+    tiles = [rng.integers(0, 256, (3, h, w), dtype=np.uint8) for h, w in ((40, 50), (36, 60))]
+    plain = dd.DevicePatches(tiles, batch=256, device="cpu", seed=3).next_batch()
+    flipping = dd.DevicePatches(tiles, batch=256, device="cpu", seed=3, hflip=True)
+    mirrored = flipping.next_batch()
+    # the flip bit is drawn after the position: the same windows, some of them mirrored
+    same = (mirrored == plain).flatten(1).all(1)
+    flipped = (mirrored == plain.flip(-1)).flatten(1).all(1)
+    assert bool((same | flipped).all()) and not bool((same & flipped).any())
+    assert 90 < int(flipped.sum()) < 166
+    plain_fixed = dd.DevicePatches(tiles, batch=8, device="cpu", seed=3).fixed(20, 4)
+    assert np.array_equal(flipping.fixed(20, 4), plain_fixed)   # init/bins patches never mirrored
+
+
+def test_a_photo_run_continued_from_an_hflip_checkpoint_mirrors_its_patches(finished, carry,
+                                                                            tmp_path, monkeypatch):
+    _, first = finished
+    folder = unpack(first / "photos-nz2-w8.tar.gz", tmp_path / "p")
+    ckpt = torch.load(folder / "checkpoint.pt", weights_only=False)
+    assert ckpt["config"]["hflip"] is False
+    ckpt["config"]["hflip"] = True
+    torch.save(ckpt, tmp_path / "hflip.pt")
+    seen, real = [], dd.DevicePatches.next_batch
+
+    def recording(self):
+        seen.append(self.hflip)
+        return real(self)
+    monkeypatch.setattr(dd.DevicePatches, "next_batch", recording)
+    assert run(carry, tmp_path / "out", "--models", "photos", "--minutes", "0.01",
+               "--photo-from", str(tmp_path / "hflip.pt")) == 0
+    assert seen and all(seen)
+
+
 def test_device_images_cover_every_image_once_per_epoch():
     images = np.arange(24, dtype=np.uint8).reshape(24, 1, 1, 1)
     data = dd.DeviceImages(images, batch=8, device="cpu", seed=0)

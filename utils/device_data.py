@@ -67,9 +67,11 @@ class DeviceImages:
 class DevicePatches:
     """Random PATCH x PATCH patches of a list of uint8 (C, H, W) tiles, cut
     on `device`. `next_batch()` gives float32 batches; `fixed(n, seed)` a
-    reproducible uint8 numpy array of n patches (init, bins)."""
+    reproducible uint8 numpy array of n patches (init, bins). With `hflip`
+    true, next_batch() mirrors a random half of its patches left-right (as
+    utils.data.RandomPatches does for the CPU loader); fixed() never does."""
 
-    def __init__(self, tiles, batch, device, seed=0):
+    def __init__(self, tiles, batch, device, seed=0, hflip=False):
         if not tiles:
             raise ValueError("no training tiles")
         channels = {t.shape[0] for t in tiles}
@@ -88,7 +90,7 @@ class DevicePatches:
         self.starts = torch.tensor(np.cumsum([0] + sizes[:-1]), dtype=torch.int64, device=self.device)
         self.heights = torch.tensor([t.shape[1] for t in padded], device=self.device)
         self.widths = torch.tensor([t.shape[2] for t in padded], device=self.device)
-        self.batch = int(batch)
+        self.batch, self.hflip = int(batch), bool(hflip)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         d = torch.arange(PATCH, device=self.device)
         self._rows, self._cols = d.view(1, 1, PATCH, 1), d.view(1, 1, 1, PATCH)
@@ -97,7 +99,7 @@ class DevicePatches:
     def __len__(self):
         return len(self.starts)
 
-    def _cut(self, n, generator):
+    def _cut(self, n, generator, hflip=False):
         dev = self.device
         f = torch.randint(len(self.starts), (n,), generator=generator, device=dev)
         h, w = self.heights[f], self.widths[f]
@@ -105,12 +107,16 @@ class DevicePatches:
         left = (torch.rand(n, generator=generator, device=dev) * (w - PATCH + 1)).long()
         top, left = torch.minimum(top, h - PATCH), torch.minimum(left, w - PATCH)
         base = self.starts[f] + top * w + left
+        cols = self._cols
+        if hflip:   # drawn after the position: the same draws give the same windows
+            flip = torch.randint(2, (n, 1, 1, 1), generator=generator, device=dev).bool()
+            cols = torch.where(flip, PATCH - 1 - cols, cols)
         idx = (base.view(-1, 1, 1, 1) + self._chan * (h * w).view(-1, 1, 1, 1)
-               + self._rows * w.view(-1, 1, 1, 1) + self._cols)
+               + self._rows * w.view(-1, 1, 1, 1) + cols)
         return self.flat[idx]
 
     def next_batch(self):
-        return self._cut(self.batch, self.generator).float()
+        return self._cut(self.batch, self.generator, self.hflip).float()
 
     def fixed(self, n, seed=0):
         g = torch.Generator(device=self.device).manual_seed(seed)
