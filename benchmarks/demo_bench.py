@@ -103,7 +103,7 @@ def size_cases(model):
              ("chelsea grey 451x300", grey, "L"),
              ("chelsea RGB 451x300", image, "RGB")]
     print(f"fixed bytes of a container with model {model.name!r}: {container.fixed_bytes(model.name)} "
-          f"(+ 24 + 8 x lanes for a Bit-Swap message, lanes = min(128, 8 x blocks))")
+          f"(+ 24 + 8 x lanes for a Bit-Swap message, lanes = min(32, 8 x blocks))")
     print(f"{'image':26s} {'raw B':>8s} {'file B':>8s} {'file-raw':>8s} {'bits/dim':>8s} {'storage':>8s} "
           f"{'raw blk':>8s} {'lanes':>5s}")
     for label, im, mode in cases:

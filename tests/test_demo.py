@@ -120,12 +120,13 @@ def test_noise_costs_at_most_raw_plus_the_fixed_bytes(model):
 
 
 def test_lanes_scale_with_the_blocks(model):
-    assert [imagecodec.lanes_for(n) for n in (1, 2, 16, 17, 1000)] == [8, 16, 128, 128, 128]
-    image = np.full((40, 70, 3), 9, np.uint8)                      # 2x3 blocks
+    assert [imagecodec.lanes_for(n) for n in (1, 2, 4, 5, 1000)] == [8, 16, 32, 32, 32]
+    assert [imagecodec.lanes_for(n, 3) for n in (1, 2, 16, 17, 1000)] == [8, 16, 128, 128, 128]
+    image = np.full((40, 40, 3), 9, np.uint8)                      # 2x2 blocks
     result = imagecodec.compress(image, "RGB", model, fallback=False)
-    assert result.lanes == 48
+    assert result.lanes == 32
     body = container.unpack(result.data)[1]
-    assert len(body) == 24 + 8 * 48 + 4 * (len(body) // 4 - 6 - 2 * 48)   # preamble, heads, stack
+    assert len(body) == 24 + 8 * 32 + 4 * (len(body) // 4 - 6 - 2 * 32)   # preamble, heads, stack
 
 
 def test_grayscale_codes_one_channel(model):
@@ -155,12 +156,29 @@ def test_edge_blocks_code_only_their_real_pixels(model):
     image = np.random.default_rng(3).integers(100, 140, (40, 45, 3), dtype=np.uint8)   # 2x2 blocks, 3 partial
     new = imagecodec.compress(image, "RGB", model, fallback=False)
     old = imagecodec.compress(image, "RGB", model, fallback=False, version=2)
-    assert container.unpack(new.data)[0]["format_version"] == 3
+    assert container.unpack(new.data)[0]["format_version"] == container.VERSION == 4
     assert container.unpack(old.data)[0]["format_version"] == 2
     assert new.raw_blocks == old.raw_blocks == 0
     assert new.message_bits < old.message_bits
     for result in (new, old):
         assert np.array_equal(imagecodec.decompress(result.data, model)[0], image)
+
+
+def test_format_4_caps_the_lanes_and_format_3_files_still_decode(model):
+    """20 blocks: 32 lanes in format 4, 128 in format 3 (96 fewer final
+    heads); both decode, each with its own lane rule, and a message with the
+    other rule's lanes is refused."""
+    image = np.random.default_rng(4).integers(90, 150, (128, 160, 3), dtype=np.uint8)
+    new = imagecodec.compress(image, "RGB", model, fallback=False)
+    old = imagecodec.compress(image, "RGB", model, fallback=False, version=3)
+    assert (new.lanes, old.lanes) == (32, 128)
+    assert container.unpack(old.data)[0]["format_version"] == 3
+    assert new.message_bytes < old.message_bytes and new.head_bits < old.head_bits
+    for result in (new, old):
+        assert np.array_equal(imagecodec.decompress(result.data, model)[0], image)
+    header, body = container.unpack(old.data)
+    with pytest.raises(BadInput, match="message parameters"):
+        imagecodec.decompress(container.pack(header, body, version=4), model)
 
 
 def test_padding_is_edge_replication():
@@ -299,7 +317,7 @@ def test_container_header_validation():
     assert container.unpack(data) == (dict(header, format_version=container.VERSION), b"abcd")
     assert len(data) == container.fixed_bytes("naïve") + 4
     assert container.unpack(container.pack(header, b"", version=2))[0]["format_version"] == 2
-    for version in (1, 4):
+    for version in (1, 5):
         with pytest.raises(ContainerError, match="version"):
             container.pack(header, b"", version=version)
         forged = data[:8] + struct.pack("<H", version) + data[10:-32]

@@ -50,8 +50,8 @@ import struct
 from utils.cli import BadInput
 
 MAGIC = b"\x89BSW\r\n\x1a\n"
-VERSION = 3
-READABLE_VERSIONS = (2, 3)     # 3: edge blocks code only their real pixels
+VERSION = 4
+READABLE_VERSIONS = (2, 3, 4)  # 3: edge blocks code only their real pixels; 4: at most 32 lanes
 _FIXED = struct.Struct("<8sHIQ")           # magic, version, header length, body length
 _HEADER = struct.Struct("<BBBBIIH32s32s4s")
 _DIGEST = 32

@@ -27,7 +27,11 @@ Invariants:
   stores the raw pixels instead (storage "raw"), so a file is never larger
   than the raw pixels plus the container's fixed bytes.
 * Small images small: the message has ``lanes_for(blocks)`` interleaved lanes
-  (8 per block, at most 128), each lane's final head costs 8 bytes.
+  (8 per block, at most 32; at most 128 in formats 2 and 3), each lane's final
+  head costs 8 bytes.  Fewer lanes are smaller beyond the heads: the first
+  latent popped on a lane after a block's pixels were pushed reads bits that
+  still follow the last pixel's quantile, not a fresh posterior sample; every
+  lane pays that once per block.  32 lanes keep most of the vector speed.
 * Portable: the networks run in float64 and their outputs are rounded to a
   grid with a margin check (utils/bitsback.py, ``GRID_BITS``/``MARGIN_BITS``),
   so the quantized tables do not depend on the order of the floating-point
@@ -52,8 +56,9 @@ from utils.distributions import FixedCategorical
 from utils.images import SUPPORTED_MODES
 
 DEFAULT_MODEL = "demo"      # the shipped package models/demo
-MAX_LANES = 128             # interleaved rANS lanes: speed of the vector steps ...
-LANES_PER_BLOCK = 8         # ... against 8 bytes of final head per lane
+MAX_LANES = 32              # interleaved rANS lanes: speed of the vector steps against
+LANES_PER_BLOCK = 8         # 8 bytes of final head and one correlated pop per lane and block
+MAX_LANES_BEFORE_4 = 128    # formats 2 and 3
 UNDERFLOW_SEED = 0          # initial bits borrowed by the first block (counted)
 PRECISION = ans.DEFAULT_PRECISION
 GRID_BITS = 16              # network outputs rounded to multiples of 2^-16
@@ -63,9 +68,9 @@ BITSWAP_BLOCK, RAW_BLOCK = 0, 1
 RAW_BYTE = FixedCategorical.uniform(256, PRECISION)
 
 
-def lanes_for(blocks):
+def lanes_for(blocks, version=container.VERSION):
     """Interleaved lanes of a message of ``blocks`` blocks (format rule)."""
-    return min(MAX_LANES, LANES_PER_BLOCK * blocks)
+    return min(MAX_LANES if version >= 4 else MAX_LANES_BEFORE_4, LANES_PER_BLOCK * blocks)
 
 
 def load_codec_model(spec=None, device="cpu"):
@@ -149,12 +154,13 @@ def compress(image, mode, model, quiet=True, fallback=True, version=container.VE
     """Code ``image`` (uint8 (H, W, C), ``mode`` RGB (C = 3) or L (C = 1))
     into a container.  ``fallback=False`` codes every block with Bit-Swap
     and stores the message whatever its size (tests and measurements);
-    ``version=2`` writes the older format (tests of reading old files)."""
+    ``version=2`` or ``3`` writes an older format (tests of reading old files)."""
     if SUPPORTED_MODES.get(mode) != image.shape[2]:
         raise BadInput(f"mode {mode} does not match an image of {image.shape[2]} channels")
     block = model.block
     order = block_order(image.shape[0], image.shape[1], block)
-    msg = ans.InterleavedMessage.empty(lanes_for(len(order)), PRECISION, underflow_seed=UNDERFLOW_SEED)
+    msg = ans.InterleavedMessage.empty(lanes_for(len(order), version), PRECISION,
+                                       underflow_seed=UNDERFLOW_SEED)
     coder = _coder(model)
     raw_blocks = 0
     with deterministic_torch(), _progress(len(order), quiet, "compress") as bar:
@@ -228,7 +234,7 @@ def _decode_message(body, header, model, channels, quiet, version):
         msg = ans.InterleavedMessage.from_bytes(body)
     except ValueError as exc:
         raise BadInput(f"corrupted file: bad ANS message ({exc})") from None
-    if msg.precision != PRECISION or msg.lanes != lanes_for(len(order)):
+    if msg.precision != PRECISION or msg.lanes != lanes_for(len(order), version):
         raise BadInput("corrupted file: message parameters differ from the format's")
     padded = np.empty((ph, pw, channels), dtype=np.uint8)
     coder = _coder(model)
