@@ -56,8 +56,10 @@ from utils.distributions import FixedCategorical
 from utils.images import SUPPORTED_MODES
 
 DEFAULT_MODEL = "demo"      # the shipped package models/demo
-MAX_LANES = 32              # interleaved rANS lanes: speed of the vector steps against
-LANES_PER_BLOCK = 8         # 8 bytes of final head and one correlated pop per lane and block
+# Interleaved rANS lanes: more lanes make the vector steps faster; each lane
+# costs 8 bytes of final head and one correlated pop per block (docstring).
+LANES_PER_BLOCK = 8
+MAX_LANES = 32              # format 4
 MAX_LANES_BEFORE_4 = 128    # formats 2 and 3
 UNDERFLOW_SEED = 0          # initial bits borrowed by the first block (counted)
 PRECISION = ans.DEFAULT_PRECISION
