@@ -65,6 +65,8 @@ class TrainConfig:
         if self.hflip and self.dataset != "imagenetcrop":
             # digits are not mirror-symmetric; the paper augments no dataset
             raise ValueError(f"--hflip applies to imagenetcrop patches only, not {self.dataset}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
 

@@ -83,6 +83,8 @@ SETTINGS = [
      "imagenetcrop: random 32x32 patches per image file and epoch (more for a small photo "
      "collection)"),
     ("--init-batches", int, "init_batches", "batches stacked for the data-dependent init"),
+    ("--ema-decay", float, "ema_decay",
+     "decay per step of the weights' moving average that evaluations and exports use"),
     ("--hflip", int, "hflip",
      "imagenetcrop: mirror a random half of the training patches left-right (1) or not (0)"),
 ]

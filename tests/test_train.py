@@ -1,6 +1,7 @@
 """Training loop: learns on every data format, resumes exactly, survives a
 kill, refuses bad input without overwriting anything."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -306,6 +307,30 @@ def test_resume_reads_settings_and_folder_and_says_when_there_is_nothing_to_do(t
     # a checkpoint of another dataset is refused in one line
     assert T.main("cifar", bare + ["--max-steps", "5"]) == 2
     assert "is a mnist run, not cifar" in capsys.readouterr().err
+
+
+def test_ema_decay_given_with_resume_changes_only_the_average(tmp_path, capsys):
+    """--ema-decay with --resume RUN continues RUN's raw training exactly and
+    folds the weights into the average at the new rate (recorded in the
+    checkpoint); a decay outside [0, 1) is refused in one line."""
+    sd.write_mnist(str(tmp_path / "data"))
+    out = tmp_path / "run"
+    assert run_main("mnist", tmp_path / "data", out, "--max-steps", "2", "--interval", "100") == 0
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    bare = ["--no-progress", "--threads", "1", "--max-steps", "4", "--resume"]
+    assert T.main("mnist", bare + [str(out)]) == 0
+    assert T.main("mnist", bare + [str(other), "--ema-decay", "0.1"]) == 0
+    plain, fast = checkpoint(out), checkpoint(other)
+    assert (plain["config"]["ema_decay"], fast["config"]["ema_decay"]) == (0.999, 0.1)
+    assert all(torch.equal(plain["model"][k], fast["model"][k]) for k in plain["model"])
+    # (the warm-up caps the first updates' decay at (1 + t) / (10 + t) = 0.25 here)
+    assert not all(torch.equal(plain["ema"][k], fast["ema"][k]) for k in plain["ema"])
+    assert T.parse_args("mnist", ["--resume", str(other)])[0].ema_decay == 0.1
+    capsys.readouterr()
+    assert T.main("mnist", bare + [str(other), "--ema-decay", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--ema-decay must be in [0, 1)" in err[0]
 
 
 def test_help_states_defaults_and_step_semantics(capsys):
