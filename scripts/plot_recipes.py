@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 from utils import cli  # noqa: E402
 
 KNOBS = ("width", "nz", "zchannels", "blocks", "batch", "lr", "decay", "dropout")
+DEFAULT_EMA_DECAY = 0.999      # TrainConfig's; a run that changed it says so
 
 
 def read_run(folder):
@@ -66,6 +67,8 @@ def describe(config, run=None):
                      for k in KNOBS if k in knobs)
     if config.get("hflip"):
         text += ", mirrored patches"
+    if config.get("ema_decay", DEFAULT_EMA_DECAY) != DEFAULT_EMA_DECAY:
+        text += f", weights average decay {config['ema_decay']:g}"
     # "start": where a run that did not start from scratch took its weights
     return text + (f", from {config['start']}" if config.get("start") else "")
 

@@ -80,3 +80,7 @@ def test_a_learning_rate_changed_on_resume_is_named_in_the_recipe(tmp_path):
     assert plot_recipes.describe(plain["config"], plain).endswith("lr 0.002")
     assert plot_recipes.describe({**plain["config"], "hflip": True}, plain).endswith(
         "lr 0.002, mirrored patches")
+    # the weights average is named only when a run changed it
+    assert plot_recipes.describe({**plain["config"], "ema_decay": 0.999}, plain).endswith("lr 0.002")
+    assert plot_recipes.describe({**plain["config"], "ema_decay": 0.9998}, plain).endswith(
+        "lr 0.002, weights average decay 0.9998")
