@@ -318,13 +318,16 @@ def test_ema_decay_given_with_resume_changes_only_the_average(tmp_path, capsys):
     assert run_main("mnist", tmp_path / "data", out, "--max-steps", "2", "--interval", "100") == 0
     other = tmp_path / "other"
     shutil.copytree(out, other)
-    bare = ["--no-progress", "--threads", "1", "--max-steps", "4", "--resume"]
+    before = checkpoint(other)["ema"]
+    bare = ["--no-progress", "--threads", "1", "--max-steps", "3", "--resume"]
     assert T.main("mnist", bare + [str(out)]) == 0
     assert T.main("mnist", bare + [str(other), "--ema-decay", "0.1"]) == 0
     plain, fast = checkpoint(out), checkpoint(other)
     assert (plain["config"]["ema_decay"], fast["config"]["ema_decay"]) == (0.999, 0.1)
     assert all(torch.equal(plain["model"][k], fast["model"][k]) for k in plain["model"])
-    # (the warm-up caps the first updates' decay at (1 + t) / (10 + t) = 0.25 here)
+    # one step at the new rate (the warm-up cap (1 + t) / (10 + t) is 0.25 here)
+    for k, v in fast["ema"].items():
+        torch.testing.assert_close(v, 0.1 * before[k] + 0.9 * fast["model"][k])
     assert not all(torch.equal(plain["ema"][k], fast["ema"][k]) for k in plain["ema"])
     assert T.parse_args("mnist", ["--resume", str(other)])[0].ema_decay == 0.1
     capsys.readouterr()
