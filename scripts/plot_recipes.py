@@ -29,10 +29,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from model.config import TrainConfig  # noqa: E402
 from utils import cli  # noqa: E402
 
 KNOBS = ("width", "nz", "zchannels", "blocks", "batch", "lr", "decay", "dropout")
-DEFAULT_EMA_DECAY = 0.999      # TrainConfig's; a run that changed it says so
+DEFAULT_EMA_DECAY = TrainConfig.ema_decay     # a run that changed it says so
 
 
 def read_run(folder):
