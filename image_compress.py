@@ -42,7 +42,7 @@ def table_rows(image, result, include_baselines=True):
     return rows
 
 
-def print_table(rows, dims, result):
+def print_table(rows, dims, result, pixels):
     base = rows[0][1]
     print(f"{'codec':<18}{'bits':>12}{'bits/dim':>10}{'ratio':>8}   (bits/dim: per 8-bit sample "
           "of the image, height x width x channels)")
@@ -58,8 +58,21 @@ def print_table(rows, dims, result):
         print(f"Bit-Swap file = ANS message {result.message_bits} bits (incl. {result.initial_bits} "
               f"initial bits borrowed, {result.head_bits} bits of final heads of {result.lanes} lanes) "
               f"+ container header and checksum")
-    print(f"blocks of 32x32: {result.blocks}, stored raw inside the message (cheaper than Bit-Swap): "
-          f"{result.raw_blocks} ({100.0 * result.raw_blocks / result.blocks:.1f}%)")
+    for line in describe_blocks(result, pixels):
+        print(line)
+
+
+def describe_blocks(result, pixels):
+    """What coded which pixels: the complete blocks by kind, then the strips
+    of partial edge blocks (``pixels``: height x width of the image)."""
+    bitswap = result.blocks - result.pixel_blocks - result.raw_blocks
+    lines = [f"complete blocks: {result.blocks}: Bit-Swap {bitswap}, pixel model {result.pixel_blocks}, "
+             f"raw {result.raw_blocks} (the last two where Bit-Swap would cost more than the raw bytes)"]
+    if result.strip_pixels:
+        how = "the pixel model" if result.strip_storage == "pixel" else "raw bytes"
+        lines.append(f"partial edge blocks: {result.strip_pixels} pixels "
+                     f"({100.0 * result.strip_pixels / pixels:.1f}% of the image), coded with {how}")
+    return lines
 
 
 def main(argv=None):
@@ -85,7 +98,8 @@ def main(argv=None):
         cli.write_atomic(out, result.data)
         if not args.quiet:
             print(f"{args.image}: {w}x{h} {mode}, model {model.name}")
-            print_table(table_rows(image, result, not args.no_table), image.size, result)
+            print_table(table_rows(image, result, not args.no_table), image.size, result,
+                        image.shape[0] * image.shape[1])
             if args.verify:
                 print(verified)
             print(f"wrote {out}")

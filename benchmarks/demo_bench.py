@@ -8,8 +8,9 @@ shipped model (or any package).  Regenerates the README's demo figures.
 Photos (default: samples/chelsea.png; folders are expanded): compress with
 the demo codec (utils/imagecodec.py, the library path of image_compress.py),
 decompress, check the pixels, and report the container's size in bits/dim
-(everything counted: header, initial bits, lane heads), the share of blocks
-stored raw, beside PNG (IDAT payload), WebP lossless and JPEG XL lossless
+(everything counted: header, initial bits, lane heads), the share of the
+pixels coded with Bit-Swap (the rest: partial edge blocks and blocks Bit-Swap
+would code above raw, with the pixel model or raw), beside PNG (IDAT payload), WebP lossless and JPEG XL lossless
 from utils/codecs.py, plus median seconds.
 
 --sizes: the small and worst cases of the size bounds (bytes).
@@ -59,8 +60,8 @@ def photos_from(paths):
 
 def photo_table(model, photos, repeats):
     print(f"{'photo':28s} {'size':>9s} {'Bit-Swap':>9s} " + " ".join(f"{n:>8s}" for n in BASELINES)
-          + f" {'raw blk':>8s} {'enc s':>7s} {'dec s':>7s}")
-    totals = dict(dims=0, bitswap=0, blocks=0, raw=0, **{n: 0 for n in BASELINES})
+          + f" {'BS px%':>7s} {'enc s':>7s} {'dec s':>7s}")
+    totals = dict(dims=0, bitswap=0, pixels=0, bitswap_pixels=0, **{n: 0 for n in BASELINES})
     for photo in photos:
         image, mode = images.load_image(photo)
         enc, dec = [], []
@@ -77,18 +78,26 @@ def photo_table(model, photos, repeats):
         h, w = image.shape[:2]
         totals["dims"] += image.size
         totals["bitswap"] += 8 * len(result.data)
-        totals["blocks"] += result.blocks
-        totals["raw"] += result.raw_blocks
+        share = bitswap_pixels(result, model.block)
+        totals["pixels"] += h * w
+        totals["bitswap_pixels"] += share
         for n in BASELINES:
             totals[n] += base[n] or 0
         print(f"{os.path.basename(photo)[:28]:28s} {f'{w}x{h}':>9s} {8 * len(result.data) / image.size:9.3f} "
               + " ".join(f"{(base[n] or float('nan')) / image.size:8.3f}" for n in BASELINES)
-              + f" {f'{result.raw_blocks}/{result.blocks}':>8s}"
+              + f" {100.0 * share / (h * w):7.1f}"
               + f" {statistics.median(enc):7.1f} {statistics.median(dec):7.1f}")
     d = totals["dims"]
     print(f"{'all (bits/dim over all pixels)':28s} {'':>9s} {totals['bitswap'] / d:9.3f} "
           + " ".join(f"{totals[n] / d:8.3f}" for n in BASELINES)
-          + f" {100.0 * totals['raw'] / totals['blocks']:7.1f}%")
+          + f" {100.0 * totals['bitswap_pixels'] / totals['pixels']:7.1f}")
+
+
+def bitswap_pixels(result, block):
+    """Pixels of the image that Bit-Swap coded (0 for a file stored raw)."""
+    if result.storage == "raw":
+        return 0
+    return (result.blocks - result.pixel_blocks - result.raw_blocks) * block * block
 
 
 def size_cases(model):
@@ -105,14 +114,15 @@ def size_cases(model):
     print(f"fixed bytes of a container with model {model.name!r}: {container.fixed_bytes(model.name)} "
           f"(+ 24 + 8 x lanes for a Bit-Swap message, lanes = min(32, 8 x blocks))")
     print(f"{'image':26s} {'raw B':>8s} {'file B':>8s} {'file-raw':>8s} {'bits/dim':>8s} {'storage':>8s} "
-          f"{'raw blk':>8s} {'lanes':>5s}")
+          f"{'BS/pm/raw':>10s} {'strips':>7s} {'lanes':>5s}")
     for label, im, mode in cases:
         result = imagecodec.compress(im, mode, model)
         if not np.array_equal(imagecodec.decompress(result.data, model)[0], im):
             sys.exit(f"error: {label} did not decode to the same pixels")
         n = len(result.data)
         print(f"{label:26s} {im.size:8d} {n:8d} {n - im.size:8d} {8 * n / im.size:8.3f} {result.storage:>8s} "
-              f"{f'{result.raw_blocks}/{result.blocks}':>8s} {result.lanes:5d}")
+              f"{f'{result.blocks - result.pixel_blocks - result.raw_blocks}/{result.pixel_blocks}/{result.raw_blocks}':>10s}"
+              f" {result.strip_storage or '-':>7s} {result.lanes:5d}")
 
 
 # ------------------------------------------------------------ portability

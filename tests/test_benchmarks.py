@@ -33,7 +33,8 @@ def test_patch_loader_bench_runs_on_a_photo_folder(tmp_path, capsys):
 
 def test_demo_bench_sizes_and_portability_on_a_tiny_model(tmp_path, monkeypatch, capsys):
     """--sizes prints the fixed bytes and the size cases (each checked by a
-    decode); --portability finds no changed table with the portable coder."""
+    decode); the photo table's Bit-Swap share; --portability finds no
+    changed table with the portable coder."""
     import numpy as np
     from PIL import Image
     from benchmarks import demo_bench
@@ -49,6 +50,11 @@ def test_demo_bench_sizes_and_portability_on_a_tiny_model(tmp_path, monkeypatch,
     out = capsys.readouterr().out
     assert f"fixed bytes of a container with model 'tiny': {container.fixed_bytes('tiny')}" in out
     assert "1x1 RGB (chelsea pixel)           3      144      141" in out
+    assert "raw      0/0/0     raw     8" in out          # 1x1: a strip pixel, no complete block
+    assert "raw      0/0/9       -    32" in out          # 96x96 noise: 9 raw blocks, no strips
+    demo_bench.photo_table(model, [str(photo)], 1)
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("p.png"))
+    assert row.split()[1] == "240x240" and row.split()[-3] == "0.0"   # noise: stored raw, no Bit-Swap pixel
     demo_bench.portability(model, [str(photo)], 3)
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith(("batch of 3", "channels_last", "oneDNN off"))]

@@ -27,7 +27,7 @@ from PIL import Image
 import image_compress
 import image_decompress
 from model import package
-from utils import container, imagecodec, images
+from utils import container, imagecodec, images, pixelmodel
 from utils.cli import BadInput
 from utils.container import ContainerError
 
@@ -103,8 +103,12 @@ def test_round_trip_flat_and_noise(model, kind):
     result = imagecodec.compress(image, "RGB", model, fallback=False)
     assert result.raw_blocks == 0 and result.storage == "bitswap"
     assert np.array_equal(imagecodec.decompress(result.data, model)[0], image)
-    # The first block borrows initial bits; the file charges them (it is the whole message).
-    assert result.initial_bits > 0
+    # The strips of partial blocks are pushed first and their bits are what the
+    # first block's latents pop: noise strips (~8 bits/dim) leave nothing to
+    # borrow, flat ones (almost free) make the first block borrow initial bits,
+    # which the file charges (it is the whole message).
+    assert result.strip_storage == "pixel" and result.strip_pixels == 40 * 70 - 32 * 64
+    assert (result.initial_bits == 0) if kind == "noise" else (result.initial_bits > 0)
     assert 8 * len(result.data) > result.message_bits
 
 
@@ -140,13 +144,65 @@ def test_grayscale_codes_one_channel(model):
     assert mode == "L" and decoded.shape == (32, 32, 1) and np.array_equal(decoded, grey)
 
 
-def test_fragile_blocks_fall_back_to_raw(model, monkeypatch):
+def smooth(h, w, seed=0):
+    """A smooth colour image with a little shared noise (photo-like)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = 120 + 60 * np.sin(x / 9.0) * np.cos(y / 13.0) + rng.normal(0, 1.5, (h, w))
+    return np.clip(np.stack([base, base + 10, base + 20], axis=2), 0, 255).astype(np.uint8)
+
+
+def test_fragile_blocks_fall_back_to_the_pixel_model_or_raw(model, monkeypatch):
     """A block with more outputs near a grid boundary than the message can
-    list is stored raw (here: a margin of half the grid makes most fragile)."""
+    list is coded without the networks (here: a margin of half the grid
+    makes most fragile): with the pixel model where that is cheaper than the
+    raw bytes (a flat image), raw where it is not (noise)."""
     monkeypatch.setattr(imagecodec, "MARGIN_BITS", imagecodec.GRID_BITS + 1)
-    image = np.full((40, 40, 3), 100, np.uint8)
-    result = imagecodec.compress(image, "RGB", model, fallback=False)
-    assert result.raw_blocks == result.blocks and result.storage == "bitswap"
+    flat = np.full((64, 64, 3), 100, np.uint8)
+    noise = np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    for image, pixel in [(flat, True), (noise, False)]:
+        result = imagecodec.compress(image, "RGB", model, fallback=False)
+        assert result.blocks == 4 and result.storage == "bitswap" and result.strip_pixels == 0
+        assert (result.pixel_blocks, result.raw_blocks) == ((4, 0) if pixel else (0, 4))
+        assert np.array_equal(imagecodec.decompress(result.data, model)[0], image)
+
+
+def test_format_5_codes_strips_and_costly_blocks_with_the_pixel_model(model):
+    """Format 5 against format 4 on the same smooth image: the strips of
+    partial blocks (here 13 rows and 1 column) go to the pixel model instead
+    of Bit-Swap latents of whole blocks, and the blocks the untrained model
+    would code above raw go to the pixel model instead of raw bytes; the file
+    is far smaller, and both decode."""
+    image = smooth(77, 65)
+    new = imagecodec.compress(image, "RGB", model)
+    old = imagecodec.compress(image, "RGB", model, version=4)
+    assert container.unpack(new.data)[0]["format_version"] == container.VERSION == 5
+    assert (new.blocks, new.pixel_blocks, new.raw_blocks) == (4, 4, 0)
+    assert new.strip_pixels == 77 * 65 - 64 * 64 and new.strip_storage == "pixel"
+    assert (old.blocks, old.raw_blocks) == (9, 9)
+    assert new.storage == "bitswap" and len(new.data) < 0.5 * len(old.data)
+    for result in (new, old):
+        assert np.array_equal(imagecodec.decompress(result.data, model)[0], image)
+    # Noise strips: the pixel model would cost more than their bytes: raw.
+    noisy = image.copy()
+    noisy[64:] = np.random.default_rng(6).integers(0, 256, noisy[64:].shape, dtype=np.uint8)
+    noisy[:, 64:] = np.random.default_rng(7).integers(0, 256, noisy[:, 64:].shape, dtype=np.uint8)
+    result = imagecodec.compress(noisy, "RGB", model)
+    assert result.strip_storage == "raw" and result.pixel_blocks == 4
+    assert np.array_equal(imagecodec.decompress(result.data, model)[0], noisy)
+
+
+def test_bitswap_keeps_every_block_it_codes_below_raw(model):
+    """The pixel model replaces raw bytes, not Bit-Swap: on a black image the
+    untrained model codes every block below its raw bytes (the first one
+    borrowing initial bits), so all stay Bit-Swap although the pixel model
+    would code them for almost nothing."""
+    image = np.zeros((96, 96, 3), np.uint8)
+    result = imagecodec.compress(image, "RGB", model)
+    assert (result.blocks, result.pixel_blocks, result.raw_blocks) == (9, 0, 0)
+    assert result.initial_bits > 0 and result.strip_pixels == 0
+    everything = np.ones((96, 96), bool)
+    assert pixelmodel.region_bits(image, ~everything, everything) < 0.2 * result.message_bits
     assert np.array_equal(imagecodec.decompress(result.data, model)[0], image)
 
 
@@ -154,9 +210,9 @@ def test_edge_blocks_code_only_their_real_pixels(model):
     """Format 3 codes an edge block's real pixels only (format 2 coded its
     replicated ones too): smaller on the same message, both decode."""
     image = np.random.default_rng(3).integers(100, 140, (40, 45, 3), dtype=np.uint8)   # 2x2 blocks, 3 partial
-    new = imagecodec.compress(image, "RGB", model, fallback=False)
+    new = imagecodec.compress(image, "RGB", model, fallback=False, version=4)
     old = imagecodec.compress(image, "RGB", model, fallback=False, version=2)
-    assert container.unpack(new.data)[0]["format_version"] == container.VERSION == 4
+    assert container.unpack(new.data)[0]["format_version"] == 4
     assert container.unpack(old.data)[0]["format_version"] == 2
     assert new.raw_blocks == old.raw_blocks == 0
     assert new.message_bits < old.message_bits
@@ -317,7 +373,7 @@ def test_container_header_validation():
     assert container.unpack(data) == (dict(header, format_version=container.VERSION), b"abcd")
     assert len(data) == container.fixed_bytes("naïve") + 4
     assert container.unpack(container.pack(header, b"", version=2))[0]["format_version"] == 2
-    for version in (1, 5):
+    for version in (1, 6):
         with pytest.raises(ContainerError, match="version"):
             container.pack(header, b"", version=version)
         forged = data[:8] + struct.pack("<H", version) + data[10:-32]
@@ -621,7 +677,8 @@ def test_cli_files_refuse_hard_links_use_umask_and_verify_says_what(model_dir, t
                                                    "--verify", "--no-table", "--no-progress"], capsys)
         assert status == 0
         assert "verified: decoded the container again with model tiny on cpu: all 270 samples" in out
-        assert "stored raw inside the message" in out
+        assert "complete blocks: 0: Bit-Swap 0, pixel model 0, raw 0" in out
+        assert "partial edge blocks: 90 pixels (100.0% of the image), coded with" in out
         status, _, _ = _run_cli(image_decompress, [str(tmp_path / "in.bsw"), "--model", model_dir], capsys)
         assert status == 0
     finally:

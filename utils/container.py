@@ -6,8 +6,8 @@ image handling).  Layout, all integers little-endian:
     offset  size  field
     0       8     magic  b"\\x89BSW\\r\\n\\x1a\\n"  (PNG-style: catches text-mode
                   mangling and tells a container from anything else)
-    8       2     format version (uint16), currently 3 (version 2 files are
-                  read too: they coded the replicated pixels of edge blocks)
+    8       2     format version (uint16), currently 5 (versions 2-4 are read
+                  too; the versions differ only in the body, utils/imagecodec.py)
     10      4     header length H (uint32)
     14      8     body length B (uint64)
     22      H     header: binary fields (``HEADER``), then the model name
@@ -50,8 +50,10 @@ import struct
 from utils.cli import BadInput
 
 MAGIC = b"\x89BSW\r\n\x1a\n"
-VERSION = 4
-READABLE_VERSIONS = (2, 3, 4)  # 3: edge blocks code only their real pixels; 4: at most 32 lanes
+VERSION = 5
+# 3: edge blocks code only their real pixels; 4: at most 32 lanes; 5: partial
+# edge blocks and blocks Bit-Swap would code above raw use the pixel model.
+READABLE_VERSIONS = (2, 3, 4, 5)
 _FIXED = struct.Struct("<8sHIQ")           # magic, version, header length, body length
 _HEADER = struct.Struct("<BBBBIIH32s32s4s")
 _DIGEST = 32
