@@ -39,15 +39,19 @@ def test_tables_are_exact_integer_distributions():
 
 
 def _regions(h, w, block):
-    """The codec's two uses: the strips of partial blocks (forward scan) and
-    one complete block whose right and lower neighbours are known (reverse)."""
+    """The codec's uses: the strips of partial blocks (forward scan); the
+    first complete block, whose right and lower neighbours are known
+    (reverse); the last complete block, whose right and lower neighbours are
+    strips the decoder has not decoded yet (reverse, nothing known)."""
     hc, wc = h // block * block, w // block * block
     strips = np.ones((h, w), bool)
     strips[:hc, :wc] = False
     first = np.zeros((h, w), bool)
     first[:block, :block] = True
     known_after = ~strips & ~first
-    return [(strips, ~strips, False), (first, known_after, True)]
+    last = np.zeros((h, w), bool)
+    last[hc - block:hc, wc - block:wc] = True
+    return [(strips, ~strips, False), (first, known_after, True), (last, np.zeros((h, w), bool), True)]
 
 
 @pytest.mark.parametrize("channels", [3, 1])
