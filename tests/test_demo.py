@@ -192,18 +192,31 @@ def test_format_5_codes_strips_and_costly_blocks_with_the_pixel_model(model):
     assert np.array_equal(imagecodec.decompress(result.data, model)[0], noisy)
 
 
-def test_bitswap_keeps_every_block_it_codes_below_raw(model):
-    """The pixel model replaces raw bytes, not Bit-Swap: on a black image the
-    untrained model codes every block below its raw bytes (the first one
-    borrowing initial bits), so all stay Bit-Swap although the pixel model
-    would code them for almost nothing."""
-    image = np.zeros((96, 96, 3), np.uint8)
-    result = imagecodec.compress(image, "RGB", model)
+def test_bitswap_keeps_every_block_it_codes_below_raw_without_borrowing(model):
+    """The pixel model replaces raw bytes and borrowed initial bits, not
+    Bit-Swap.  A black image: the untrained model codes every block below its
+    raw bytes, but the first ones would borrow initial bits (format 4 kept
+    them, borrowing), so they go to the pixel model until the message holds
+    enough bits; nothing is borrowed.  The same black blocks with noise strips
+    (stored raw) to pop from: every block stays Bit-Swap, although the pixel
+    model would code them for almost nothing."""
+    black = np.zeros((96, 96, 3), np.uint8)
+    old = imagecodec.compress(black, "RGB", model, version=4)
+    assert old.raw_blocks == 0 and old.initial_bits > 0
+    result = imagecodec.compress(black, "RGB", model)
+    assert result.blocks == 9 and 0 < result.pixel_blocks < 9 and result.raw_blocks == 0
+    assert result.initial_bits == 0 and len(result.data) < len(old.data)
+    assert np.array_equal(imagecodec.decompress(result.data, model)[0], black)
+
+    framed = np.random.default_rng(0).integers(0, 256, (100, 100, 3), dtype=np.uint8)
+    framed[:96, :96] = 0
+    result = imagecodec.compress(framed, "RGB", model)
     assert (result.blocks, result.pixel_blocks, result.raw_blocks) == (9, 0, 0)
-    assert result.initial_bits > 0 and result.strip_pixels == 0
+    assert result.strip_storage == "raw" and result.initial_bits == 0
     everything = np.ones((96, 96), bool)
-    assert pixelmodel.region_bits(image, ~everything, everything) < 0.2 * result.message_bits
-    assert np.array_equal(imagecodec.decompress(result.data, model)[0], image)
+    bitswap_bits = result.message_bits - 8 * 3 * (100 * 100 - 96 * 96)
+    assert pixelmodel.region_bits(black, ~everything, everything) < 0.2 * bitswap_bits
+    assert np.array_equal(imagecodec.decompress(result.data, model)[0], framed)
 
 
 def test_edge_blocks_code_only_their_real_pixels(model):

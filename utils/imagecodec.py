@@ -15,10 +15,11 @@ Format 5 (current), in encode order; the decoder runs it backwards:
    neighbours) lies in the complete blocks already decoded.  Their bits are
    also the first initial bits the complete blocks' latents pop;
 2. the complete blocks in raster order, each with Bit-Swap unless Bit-Swap
-   would cost more than its raw bytes (typically the first block of an image
-   without strips, which would borrow its initial bits); such a block is
-   coded with the pixel model (its lower and right neighbours, decoded
-   before it, as context) or raw, whichever is cheaper; a flag per block.
+   would cost more than its raw bytes, or would borrow initial bits and cost
+   more than the pixel model (the first blocks of an image without strips);
+   such a block is coded with the pixel model (its lower and right
+   neighbours, decoded before it, as context) or raw, whichever is cheaper;
+   a flag per block.
 
 Formats 2-4 coded every block, partial ones too, with Bit-Swap or raw bytes
 (an edge block's real pixels edge-replicated to a whole block for the
@@ -40,9 +41,9 @@ Invariants:
   than the raw pixels (noise, tiny images), the file stores the raw pixels
   instead (storage "raw"), so a file is never larger than the raw pixels
   plus the container's fixed bytes.
-* Bit-Swap codes every complete block it codes below its raw bytes, as in
-  format 4: the pixel model only replaces raw bytes and the latents of
-  partial blocks.
+* Bit-Swap codes every complete block it codes below its raw bytes without
+  borrowing initial bits: the pixel model only replaces raw bytes, borrowed
+  initial bits and the latents of partial blocks.
 * Small images small: the message has ``lanes_for(blocks)`` interleaved lanes
   (8 per block, partial blocks counted, at most 32; at most 128 in formats 2
   and 3), each lane's final
@@ -238,8 +239,9 @@ def _encode_blocks(msg, image, block, coder, quiet, fallback, version):
     strips of partial blocks with the pixel model (decoded last, when every
     complete block is known: their upper and left neighbours are), then the
     complete blocks in raster order, each with Bit-Swap unless that costs
-    more than its raw bytes, in which case with the pixel model (its lower
-    and right neighbours known) or raw, whichever is cheaper.  The strips'
+    more than its raw bytes, or borrows initial bits and costs more than the
+    pixel model; then with the pixel model (its lower and right neighbours
+    known) or raw, whichever is cheaper.  The strips'
     bits are the initial bits the first blocks' latents pop."""
     h, w = image.shape[:2]
     hc, wc = complete_area(h, w, block)
@@ -262,17 +264,25 @@ def _encode_blocks(msg, image, block, coder, quiet, fallback, version):
             tile = image[r:r + block, c:c + block]
             raw_bits = 8 * tile.size + KIND_FLAG.bits(RAW)
             mark = msg.checkpoint(coder.latent_symbols)
-            before, kind = msg.bits(), BITSWAP
+            before, borrowed, kind = msg.bits(), msg.borrowed_words, BITSWAP
             try:
                 coder.encode(msg, tile[None].transpose(0, 3, 1, 2), real=(block, block))
                 cost = msg.bits() - before + KIND_FLAG.bits(BITSWAP)
             except FragileOutputs:
                 cost = float("inf")
-            if cost > raw_bits and (fallback or cost == float("inf")):
-                msg.rollback(mark)
-                window, region, known = _block_window(r, c, block, hc, wc, h, w)
+            window, region, known = _block_window(r, c, block, hc, wc, h, w)
+            pixel_bits = None
+            if fallback and cost <= raw_bits and msg.borrowed_words > borrowed:
+                # Borrowed initial bits are pure overhead (nothing to get back
+                # yet): the pixel model may code this block for less.
                 pixel_bits = pixelmodel.region_bits(image[window], known, region, reverse=True,
                                                     precision=PRECISION) + KIND_FLAG.bits(PIXEL)
+            if (cost > raw_bits and (fallback or cost == float("inf"))) or (
+                    pixel_bits is not None and pixel_bits < cost):
+                msg.rollback(mark)
+                if pixel_bits is None:
+                    pixel_bits = pixelmodel.region_bits(image[window], known, region, reverse=True,
+                                                        precision=PRECISION) + KIND_FLAG.bits(PIXEL)
                 if pixel_bits < raw_bits:
                     pixelmodel.push_region(msg, image[window], known, region, reverse=True)
                     kind = PIXEL
