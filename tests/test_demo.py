@@ -592,8 +592,9 @@ def test_shipped_model_loads_and_round_trips_a_crop_of_the_sample():
     shipped = imagecodec.load_codec_model(None, "cpu")
     assert shipped.name == "photos-nz2-w64" and shipped.kind == "package"
     image, mode = images.load_image(os.path.join(REPO, "samples", "chelsea.png"))
-    crop = np.ascontiguousarray(image[100:164, 200:264])
+    crop = np.ascontiguousarray(image[100:164, 200:270])        # 2x2 complete blocks and 6 columns
     result = imagecodec.compress(crop, mode, shipped)
+    assert result.blocks == 4 and result.strip_pixels == 64 * 6 and result.strip_storage == "pixel"
     decoded, back_mode = imagecodec.decompress(result.data, shipped)
     assert back_mode == "RGB" and np.array_equal(decoded, crop)
     # a trained model codes a photo crop well below 8 bits/dim net of the fixed costs
