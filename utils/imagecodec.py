@@ -262,33 +262,31 @@ def _encode_blocks(msg, image, block, coder, quiet, fallback, version):
     with _progress(len(order), quiet, "compress") as bar:
         for r, c in order:
             tile = image[r:r + block, c:c + block]
+            window, region, known = _block_window(r, c, block, hc, wc, h, w)
             raw_bits = 8 * tile.size + KIND_FLAG.bits(RAW)
+
+            def pixel_bits():
+                return pixelmodel.region_bits(image[window], known, region, reverse=True,
+                                              precision=PRECISION) + KIND_FLAG.bits(PIXEL)
+
             mark = msg.checkpoint(coder.latent_symbols)
-            before, borrowed, kind = msg.bits(), msg.borrowed_words, BITSWAP
+            before, borrowed = msg.bits(), msg.borrowed_words
             try:
                 coder.encode(msg, tile[None].transpose(0, 3, 1, 2), real=(block, block))
                 cost = msg.bits() - before + KIND_FLAG.bits(BITSWAP)
             except FragileOutputs:
                 cost = float("inf")
-            window, region, known = _block_window(r, c, block, hc, wc, h, w)
-            pixel_bits = None
-            if fallback and cost <= raw_bits and msg.borrowed_words > borrowed:
-                # Borrowed initial bits are pure overhead (nothing to get back
-                # yet): the pixel model may code this block for less.
-                pixel_bits = pixelmodel.region_bits(image[window], known, region, reverse=True,
-                                                    precision=PRECISION) + KIND_FLAG.bits(PIXEL)
-            if (cost > raw_bits and (fallback or cost == float("inf"))) or (
-                    pixel_bits is not None and pixel_bits < cost):
+            kind = BITSWAP
+            if cost > raw_bits and (fallback or cost == float("inf")):
+                kind = PIXEL if pixel_bits() < raw_bits else RAW
+            elif fallback and msg.borrowed_words > borrowed and pixel_bits() < cost:
+                kind = PIXEL    # borrowed initial bits are pure overhead: nothing to get back yet
+            if kind != BITSWAP:
                 msg.rollback(mark)
-                if pixel_bits is None:
-                    pixel_bits = pixelmodel.region_bits(image[window], known, region, reverse=True,
-                                                        precision=PRECISION) + KIND_FLAG.bits(PIXEL)
-                if pixel_bits < raw_bits:
+                if kind == PIXEL:
                     pixelmodel.push_region(msg, image[window], known, region, reverse=True)
-                    kind = PIXEL
                 else:
                     RAW_BYTE.push(msg, tile.reshape(-1))
-                    kind = RAW
             KIND_FLAG.push(msg, np.array([kind]))
             counts["pixel_blocks"] += kind == PIXEL
             counts["raw_blocks"] += kind == RAW
