@@ -10,7 +10,9 @@ the demo codec (utils/imagecodec.py, the library path of image_compress.py),
 decompress, check the pixels, and report the container's size in bits/dim
 (everything counted: header, initial bits, lane heads), the share of the
 pixels coded with Bit-Swap (the rest: partial edge blocks and blocks Bit-Swap
-would code above raw, with the pixel model or raw), beside PNG (IDAT payload), WebP lossless and JPEG XL lossless
+would code above raw, with the pixel model or raw) and, for the set, the coded
+bits split by part (partial edge blocks, complete blocks by kind, heads and
+container), beside PNG (IDAT payload), WebP lossless and JPEG XL lossless
 from utils/codecs.py, plus median seconds.
 
 --sizes: the small and worst cases of the size bounds (bytes).
@@ -62,6 +64,7 @@ def photo_table(model, photos, repeats):
     print(f"{'photo':28s} {'size':>9s} {'Bit-Swap':>9s} " + " ".join(f"{n:>8s}" for n in BASELINES)
           + f" {'BS px%':>7s} {'enc s':>7s} {'dec s':>7s}")
     totals = dict(dims=0, bitswap=0, pixels=0, bitswap_pixels=0, **{n: 0 for n in BASELINES})
+    parts = {name: [0, 0] for name in PARTS}      # coded bits, samples
     for photo in photos:
         image, mode = images.load_image(photo)
         enc, dec = [], []
@@ -83,6 +86,9 @@ def photo_table(model, photos, repeats):
         totals["bitswap_pixels"] += share
         for n in BASELINES:
             totals[n] += base[n] or 0
+        for name, (bits, samples) in part_split(result, model.block, image.shape[2]).items():
+            parts[name][0] += bits
+            parts[name][1] += samples
         print(f"{os.path.basename(photo)[:28]:28s} {f'{w}x{h}':>9s} {8 * len(result.data) / image.size:9.3f} "
               + " ".join(f"{(base[n] or float('nan')) / image.size:8.3f}" for n in BASELINES)
               + f" {100.0 * share / (h * w):7.1f}"
@@ -91,6 +97,28 @@ def photo_table(model, photos, repeats):
     print(f"{'all (bits/dim over all pixels)':28s} {'':>9s} {totals['bitswap'] / d:9.3f} "
           + " ".join(f"{totals[n] / d:8.3f}" for n in BASELINES)
           + f" {100.0 * totals['bitswap_pixels'] / totals['pixels']:7.1f}")
+    rest = totals["bitswap"] - sum(bits for bits, _ in parts.values())
+    print("coded bits by part, all files (bits/dim of the part's samples; its share of the set's bits/dim):")
+    for name, (bits, samples) in parts.items():
+        print(f"  {PARTS[name]:<34s} {100.0 * samples / d:5.1f}% of the samples at "
+              f"{bits / max(samples, 1):6.3f} bits/dim: {bits / d:.4f}")
+    print(f"  {'final heads, container, raw files':<34s} {rest / d:.4f}")
+
+
+PARTS = {"strips": "partial edge blocks (pixel model)", "bitswap": "complete blocks, Bit-Swap",
+         "pixel": "complete blocks, pixel model", "raw": "complete blocks, raw"}
+
+
+def part_split(result, block, channels):
+    """{part: (message bits, samples)} of a format-5 result; a file stored
+    raw counts nothing here (its bits fall to the rest)."""
+    if result.storage == "raw" or result.part_bits is None:
+        return {}
+    samples = dict(strips=result.strip_pixels * channels,
+                   bitswap=(result.blocks - result.pixel_blocks - result.raw_blocks) * block * block * channels,
+                   pixel=result.pixel_blocks * block * block * channels,
+                   raw=result.raw_blocks * block * block * channels)
+    return {name: (result.part_bits[name], samples[name]) for name in PARTS}
 
 
 def bitswap_pixels(result, block):

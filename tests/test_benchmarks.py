@@ -53,8 +53,11 @@ def test_demo_bench_sizes_and_portability_on_a_tiny_model(tmp_path, monkeypatch,
     assert "raw      0/0/0     raw     8" in out          # 1x1: a strip pixel, no complete block
     assert "raw      0/0/9       -    32" in out          # 96x96 noise: 9 raw blocks, no strips
     demo_bench.photo_table(model, [str(photo)], 1)
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("p.png"))
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line for line in lines if line.startswith("p.png"))
     assert row.split()[1] == "240x240" and row.split()[-3] == "0.0"   # noise: stored raw, no Bit-Swap pixel
+    rest = next(line for line in lines if "final heads, container, raw files" in line)
+    assert 8.0 < float(rest.split()[-1]) < 8.05                     # all of it: the raw file
     demo_bench.portability(model, [str(photo)], 3)
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith(("batch of 3", "channels_last", "oneDNN off"))]

@@ -181,6 +181,11 @@ def test_format_5_codes_strips_and_costly_blocks_with_the_pixel_model(model):
     assert new.strip_pixels == 77 * 65 - 64 * 64 and new.strip_storage == "pixel"
     assert (old.blocks, old.raw_blocks) == (9, 9)
     assert new.storage == "bitswap" and len(new.data) < 0.5 * len(old.data)
+    # The bits by part add up to the message (less the empty message's heads).
+    from utils import ans
+    empty = ans.InterleavedMessage.empty(new.lanes, imagecodec.PRECISION).bits()
+    assert sum(new.part_bits.values()) == new.message_bits - empty
+    assert new.part_bits["bitswap"] == new.part_bits["raw"] == 0 < new.part_bits["strips"]
     for result in (new, old):
         assert np.array_equal(imagecodec.decompress(result.data, model)[0], image)
     # Noise strips: the pixel model would cost more than their bytes: raw.

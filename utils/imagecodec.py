@@ -157,6 +157,9 @@ class EncodeResult:
     pixel_blocks: int = 0       # complete blocks coded by the pixel model (format 5)
     strip_pixels: int = 0       # pixels of the partial edge blocks (format 5)
     strip_storage: str = ""     # how they were coded: "pixel", "raw" or "" (none)
+    part_bits: dict = None      # format 5: message bits by part ("strips", "bitswap",
+                                # "pixel", "raw" blocks; flags included), summing to the
+                                # message bits less the empty message's heads
 
 
 def _header(image, mode, model, storage):
@@ -247,7 +250,10 @@ def _encode_blocks(msg, image, block, coder, quiet, fallback, version):
     hc, wc = complete_area(h, w, block)
     strips = strips_mask(h, w, block)
     counts = dict(blocks=(hc // block) * (wc // block), raw_blocks=0, pixel_blocks=0,
-                  strip_pixels=int(strips.sum()), strip_storage="")
+                  strip_pixels=int(strips.sum()), strip_storage="",
+                  part_bits=dict(strips=0, bitswap=0, pixel=0, raw=0))
+    parts = counts["part_bits"]
+    start = msg.bits()
     if counts["strip_pixels"]:
         raw_bits = 8 * counts["strip_pixels"] * image.shape[2]
         if pixelmodel.region_bits(image, ~strips, strips, precision=PRECISION) < raw_bits or not fallback:
@@ -258,6 +264,7 @@ def _encode_blocks(msg, image, block, coder, quiet, fallback, version):
             RAW_BYTE.push(msg, image[strips].reshape(-1))
             KIND_FLAG.push(msg, np.array([RAW]))
             counts["strip_storage"] = "raw"
+        parts["strips"] = msg.bits() - start
     order = block_order(hc, wc, block)
     with _progress(len(order), quiet, "compress") as bar:
         for r, c in order:
@@ -288,6 +295,7 @@ def _encode_blocks(msg, image, block, coder, quiet, fallback, version):
                 else:
                     RAW_BYTE.push(msg, tile.reshape(-1))
             KIND_FLAG.push(msg, np.array([kind]))
+            parts[{BITSWAP: "bitswap", PIXEL: "pixel", RAW: "raw"}[kind]] += msg.bits() - before
             counts["pixel_blocks"] += kind == PIXEL
             counts["raw_blocks"] += kind == RAW
             bar.update()
