@@ -3,8 +3,8 @@
 The demo codec codes complete 32x32 blocks with Bit-Swap; this module codes
 the pixels that Bit-Swap codes badly: the strips of partial edge blocks
 (whose latents would describe a whole block for a few real rows) and the
-blocks that Bit-Swap would code at more than their raw bytes (typically the
-first block of a message, which would borrow its initial bits).  It is a
+complete blocks that Bit-Swap would code above their raw bytes, or for
+which it would borrow initial bits (the first blocks of a message).  It is a
 fixed context model in the manner of LOCO-I, with no adaptation:
 
 * prediction: the median edge detector of the left (a), upper (b) and
@@ -15,7 +15,7 @@ fixed context model in the manner of LOCO-I, with no adaptation:
   previous channel's absolute error) picks one of ``len(ACTIVITY_EDGES)``
   buckets, and each channel has its own thetas;
 * distribution: a two-sided geometric law ``theta^|x - prediction|`` over
-  0..255 with ``theta = THETA[class][bucket] / 2^16``, as an integer table at
+  0..255 with ``theta = THETA[channel][bucket] / 2^16``, as an integer table at
   the message's precision, every symbol at least ``2^(precision - 16)``
   (so a symbol never costs more than 16 bits).  The thetas were fitted on
   the demo model's training photos by ``scripts/fit_pixel_model.py``; they
@@ -116,7 +116,6 @@ def predict(image, available, ys, xs, channel, previous_error):
     marked ``available`` (boolean (H, W)).  ``previous_error``: channel - 1's
     value minus its neighbour-only prediction at the same pixels (None for
     channel 0)."""
-    h, w = available.shape
 
     def neighbour(dy, dx):
         y, x = ys + dy, xs + dx
