@@ -256,8 +256,9 @@ def _encode_blocks(msg, image, block, coder, quiet, fallback, version):
     start = msg.bits()
     if counts["strip_pixels"]:
         raw_bits = 8 * counts["strip_pixels"] * image.shape[2]
-        if pixelmodel.region_bits(image, ~strips, strips, precision=PRECISION) < raw_bits or not fallback:
-            pixelmodel.push_region(msg, image, ~strips, strips)
+        encoded = pixelmodel.plan(image, ~strips, strips, precision=PRECISION)
+        if encoded[1] < raw_bits or not fallback:
+            pixelmodel.push_plan(msg, encoded)
             KIND_FLAG.push(msg, np.array([PIXEL]))
             counts["strip_storage"] = "pixel"
         else:
@@ -272,9 +273,13 @@ def _encode_blocks(msg, image, block, coder, quiet, fallback, version):
             window, region, known = _block_window(r, c, block, hc, wc, h, w)
             raw_bits = 8 * tile.size + KIND_FLAG.bits(RAW)
 
-            def pixel_bits():
-                return pixelmodel.region_bits(image[window], known, region, reverse=True,
-                                              precision=PRECISION) + KIND_FLAG.bits(PIXEL)
+            encoded = None
+
+            def pixel_bits():        # planned once, only when a fallback is considered
+                nonlocal encoded
+                if encoded is None:
+                    encoded = pixelmodel.plan(image[window], known, region, reverse=True, precision=PRECISION)
+                return encoded[1] + KIND_FLAG.bits(PIXEL)
 
             mark = msg.checkpoint(coder.latent_symbols)
             before, borrowed = msg.bits(), msg.borrowed_words
@@ -291,7 +296,7 @@ def _encode_blocks(msg, image, block, coder, quiet, fallback, version):
             if kind != BITSWAP:
                 msg.rollback(mark)
                 if kind == PIXEL:
-                    pixelmodel.push_region(msg, image[window], known, region, reverse=True)
+                    pixelmodel.push_plan(msg, encoded)
                 else:
                     RAW_BYTE.push(msg, tile.reshape(-1))
             KIND_FLAG.push(msg, np.array([kind]))

@@ -144,9 +144,14 @@ def predict(image, available, ys, xs, channel, previous_error):
     return np.clip(pred, 0, 255), bucket, base
 
 
-def _plan(image, known, region, reverse, precision):
-    """Encoder side: per (diagonal, channel) in decode order, the (start,
-    freq) intervals of the region's true pixels; and their exact cost."""
+def plan(image, known, region, reverse=False, precision=28):
+    """Encoder side, computed once: per (diagonal, channel) in decode order,
+    the (start, freq) intervals of the region's true pixels, and their exact
+    information content in bits (the rANS cost differs from it by a fraction
+    of a bit per lane).  ``push_plan`` codes it; the bits let a caller choose
+    before pushing."""
+    if (known & region).any():
+        raise ValueError("the region overlaps the known pixels")
     view = _scan(image, reverse)
     available = _scan(known | region, reverse)      # region neighbours precede (invariant)
     tables = cumulative_tables(precision)
@@ -166,22 +171,23 @@ def _plan(image, known, region, reverse, precision):
 
 
 def region_bits(image, known, region, reverse=False, precision=28):
-    """Exact information content (bits) of the region's pixels under the
-    model, as ``push_region`` would code them (the rANS cost differs from it
-    by a fraction of a bit per lane)."""
-    return _plan(image, known, region, reverse, precision)[1]
+    """Exact information content (bits) of the region's pixels under the model."""
+    return plan(image, known, region, reverse, precision)[1]
+
+
+def push_plan(message, encoded):
+    """Push a ``plan`` (made at the message's precision) in reverse decode order."""
+    for start, freq in reversed(encoded[0]):
+        message.push(start, freq)
 
 
 def push_region(message, image, known, region, reverse=False):
     """Encode the pixels of ``image`` (uint8 (H, W, C)) in the boolean (H, W)
     ``region``, given that the decoder will know the pixels in ``known``
     (disjoint from the region) before it decodes them.  Returns the bits."""
-    if (known & region).any():
-        raise ValueError("the region overlaps the known pixels")
-    steps, bits = _plan(image, known, region, reverse, message.precision)
-    for start, freq in reversed(steps):
-        message.push(start, freq)
-    return bits
+    encoded = plan(image, known, region, reverse, message.precision)
+    push_plan(message, encoded)
+    return encoded[1]
 
 
 def pop_region(message, canvas, known, region, reverse=False):
