@@ -83,3 +83,52 @@ def test_train_bench_prints_one_rate_per_setting(capsys):
                 line = next(ln for ln in lines if ln.startswith(f"{layout} {precision} ")
                             and f"batch={batch} " in ln)
                 assert float(line.split("median ")[1].split(" images/s")[0]) > 0
+
+
+def test_heldout_gap_measures_both_sides_with_the_pixel_model_as_control(tmp_path, capsys):
+    """Training patches come from the folders of their kind (native: smooth
+    x1 tiles; downscaled: noisy max640 / x1_4 photos), the pixel-model and
+    model figures are those of the patches themselves, and a missing corpus
+    is a one-line error with exit status 2."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from benchmarks import heldout_gap
+    from model import package, train
+    from model.distributed import Distributed
+    from utils import pixelmodel
+    from utils.data import ArrayImages
+    rng = np.random.default_rng(3)
+    photos = tmp_path / "photos"
+    ramp = np.broadcast_to((np.arange(64)[:, None, None] * 2 + np.arange(64)[None, :, None]), (64, 64, 3))
+    for folder, make in (("x1", lambda: ramp.astype(np.uint8)),
+                         ("max640", lambda: rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)),
+                         ("x1_4", lambda: rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))):
+        (photos / "imagenetcrop" / "train" / folder).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(make()).save(photos / "imagenetcrop" / "train" / folder / f"t{i}.png")
+    held = {"native": rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8),
+            "downscaled": np.repeat(np.repeat(rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8), 4, 1), 4, 2)}
+    for kind, arr in held.items():
+        np.save(photos / f"heldout_patches_{kind}.npy", arr)
+    path = package.random_package(str(tmp_path / "m"), quantbits=8, name="tiny", xs=(3, 32, 32), nz=2,
+                                  zchannels=2, width=8, nprocessing=1, resdepth=2)
+    net = package.load(path, dataset="imagenetcrop", need_bins=False).net.float()
+    got = heldout_gap.gap_table(net, str(photos))
+    region = np.ones((32, 32), bool)
+    for kind, arr in held.items():
+        direct = sum(pixelmodel.region_bits(p, ~region, region) for p in arr) / arr.size
+        assert got[kind]["pixel_model"][0] == pytest.approx(direct, rel=1e-12)
+        elbo = train.evaluate(net, ArrayImages(arr.transpose(0, 3, 1, 2).copy()), 128, torch.device("cpu"),
+                              Distributed(), 0, seed=train.CURVE_SEED)["elbo"]
+        assert got[kind]["model"][0] == pytest.approx(elbo, rel=1e-9)
+    assert got["native"]["pixel_model"][1] < 2.5          # the smooth x1 ramps
+    assert got["downscaled"]["pixel_model"][1] > 7.5      # the noisy max640 / x1_4 photos
+    assert got["native"]["pixel_model"][0] > 7.5 > got["downscaled"]["pixel_model"][0]
+    assert "excess" in capsys.readouterr().out
+    assert heldout_gap.main(["--model", path, "--photos", str(tmp_path / "none")]) == 2
+    assert "error: " in capsys.readouterr().err
+    (photos / "heldout_patches_downscaled.npy").unlink()
+    assert heldout_gap.main(["--model", path, "--photos", str(photos), "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "heldout_patches_downscaled.npy not found" in err and len(err.strip().splitlines()) == 1
