@@ -8,7 +8,9 @@ patches of the same kind (native: the train/x1 tiles; downscaled: the
 train/max640 and train/x1_4 photos; fixed positions, a fixed subset), this
 prints the model's test -ELBO (bits/dim, fixed posterior seed) and the bits
 per dim of the fixed pixel model of utils/pixelmodel.py on the same patches,
-each patch coded alone (no context across its edges, alike on both sides).
+each patch coded alone (no context across its edges, alike on both sides),
+and how the model's -ELBO splits into its pixel term and the latent layers'
+KL (held-out / training).
 
 The pixel model has 51 parameters (its thetas), so it cannot learn the
 training photos: its held-out minus training figure measures how much harder
@@ -55,7 +57,9 @@ def pixel_model_bits_per_dim(dataset):
 
 
 def measure(net, photos, kind):
-    """{side: (model -ELBO, pixel model)} for the held-out and training patches."""
+    """{side: (model terms, pixel model bits/dim)} for the held-out and
+    training patches; the terms (bits/dim) are the -ELBO ("elbo"), its pixel
+    term ("recon": -log p(x|z1)) and the KL of each latent layer ("kl")."""
     import torch
     from model import train
     from model.distributed import Distributed
@@ -67,9 +71,9 @@ def measure(net, photos, kind):
     sides = {"held-out": heldout, "training": training_patches(photos, KINDS[kind], len(heldout))}
     out = {}
     for side, data in sides.items():
-        elbo = train.evaluate(net, data, 128, torch.device("cpu"), Distributed(), 0,
-                              seed=train.CURVE_SEED)["elbo"]
-        out[side] = (elbo, pixel_model_bits_per_dim(data))
+        terms = train.evaluate(net, data, 128, torch.device("cpu"), Distributed(), 0,
+                               seed=train.CURVE_SEED)
+        out[side] = (terms, pixel_model_bits_per_dim(data))
     return out, len(heldout)
 
 
@@ -83,10 +87,13 @@ def gap_table(net, photos):
             got, n = measure(net, photos, kind)
         except DataNotFoundError as exc:
             raise cli.BadInput(cli.one_line(exc)) from None
-        (mh, ph), (mt, pt) = got["held-out"], got["training"]
-        results[kind] = dict(model=(mh, mt), pixel_model=(ph, pt))
+        (th, ph), (tt, pt) = got["held-out"], got["training"]
+        mh, mt = th["elbo"], tt["elbo"]
+        results[kind] = dict(model=(mh, mt), pixel_model=(ph, pt), terms=(th, tt))
         print(f"{kind:12s} {n:5d} | {mh:6.3f} {mt:6.3f} {mh - mt:6.3f}    | "
               f"{ph:6.3f} {pt:6.3f} {ph - pt:6.3f}    | {(mh - mt) - (ph - pt):6.3f}", flush=True)
+        kls = ", ".join(f"KL z{i + 1} {a:.3f} / {b:.3f}" for i, (a, b) in enumerate(zip(th["kl"], tt["kl"])))
+        print(f"{'':12s}   model -ELBO = pixels given z1 {th['recon']:.3f} / {tt['recon']:.3f}, {kls}")
     return results
 
 

@@ -122,10 +122,13 @@ def test_heldout_gap_measures_both_sides_with_the_pixel_model_as_control(tmp_pat
         elbo = train.evaluate(net, ArrayImages(arr.transpose(0, 3, 1, 2).copy()), 128, torch.device("cpu"),
                               Distributed(), 0, seed=train.CURVE_SEED)["elbo"]
         assert got[kind]["model"][0] == pytest.approx(elbo, rel=1e-9)
+        terms = got[kind]["terms"][0]
+        assert terms["recon"] + sum(terms["kl"]) == pytest.approx(elbo, rel=1e-6)   # float32 terms
     assert got["native"]["pixel_model"][1] < 2.5          # the smooth x1 ramps
     assert got["downscaled"]["pixel_model"][1] > 7.5      # the noisy max640 / x1_4 photos
     assert got["native"]["pixel_model"][0] > 7.5 > got["downscaled"]["pixel_model"][0]
-    assert "excess" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "excess" in out and "pixels given z1" in out and "KL z2" in out
     assert heldout_gap.main(["--model", path, "--photos", str(tmp_path / "none")]) == 2
     assert "error: " in capsys.readouterr().err
     (photos / "heldout_patches_downscaled.npy").unlink()
