@@ -23,10 +23,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-from model import package  # noqa: E402
+from model import package, train  # noqa: E402
+from model.distributed import Distributed  # noqa: E402
 from utils import cli, pixelmodel  # noqa: E402
-from utils.data import DataNotFoundError, list_image_files, to_nchw  # noqa: E402
+from utils.data import (ArrayImages, DataNotFoundError, RandomPatches, list_image_files,  # noqa: E402
+                        to_nchw)
 
 # held-out set -> the training folders of the same kind of pixels
 KINDS = {"native": ("x1",), "downscaled": ("max640", "x1_4")}
@@ -35,8 +38,6 @@ SUBSET_SEED, PATCH_SEED = 0, 12345
 
 def training_patches(photos, folders, count):
     """`count` fixed training patches (a Dataset) from the given folders."""
-    import torch
-    from utils.data import RandomPatches
     files = sorted(sum((list_image_files(os.path.join(photos, "imagenetcrop", "train", f))
                         for f in folders), []))
     per_image = -(-count // len(files))
@@ -60,10 +61,6 @@ def measure(net, photos, kind):
     """{side: (model terms, pixel model bits/dim)} for the held-out and
     training patches; the terms (bits/dim) are the -ELBO ("elbo"), its pixel
     term ("recon": -log p(x|z1)) and the KL of each latent layer ("kl")."""
-    import torch
-    from model import train
-    from model.distributed import Distributed
-    from utils.data import ArrayImages
     path = os.path.join(photos, f"heldout_patches_{kind}.npy")
     if not os.path.isfile(path):
         raise cli.BadInput(f"{path} not found: write the photo corpus with scripts/get_demo_photos.py")
@@ -105,7 +102,6 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     def body():
-        import torch
         torch.set_num_threads(args.threads)
         if not os.path.isdir(args.photos):
             raise cli.BadInput(f"{args.photos} not found: write the photo corpus with "
