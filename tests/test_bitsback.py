@@ -259,9 +259,12 @@ def test_chains_do_not_depend_on_their_neighbours():
     for k in ("nets", "elbos", "elbos_coded", "initial", "cmas", "initial_strict", "cmas_strict"):
         np.testing.assert_array_equal(together[k][[0, 1, 4, 5]], first[k], err_msg=k)
         np.testing.assert_array_equal(together[k][[2, 3]], second[k], err_msg=k)
-    # another id is another initial message
+    # another id is another initial message, so other posterior samples and code
+    # lengths (not the borrowed-bit counts alone: the strict ones are whole
+    # 32-bit words and often coincide)
     other = code_chains(coder, images[[2, 3]], experiments=[12, 13], net_batch=2)
-    assert (other["initial_strict"] != second["initial_strict"]).any()
+    for k in ("elbos", "initial", "cmas"):
+        assert (other[k] != second[k]).any(), k
 
 
 def test_sampled_elbo_is_the_models_own_single_sample_elbo():
