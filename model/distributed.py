@@ -149,8 +149,16 @@ class Distributed:
         elif self.active and self.engine == "horovod":
             self._hvd.allreduce(torch.zeros(1), name="barrier")
 
-    def shutdown(self):
+    def shutdown(self, finished=True):
+        """Leave the process group. `finished` (every rank ended its work
+        normally) first waits for all ranks: a rank that tears its gloo group
+        down while a peer is still writing its checkpoint can abort in the
+        transport's threads ("terminate called without an active
+        exception"). After an error there is no barrier, which a peer stuck
+        in another collective would never reach."""
         if self.engine == "torch" and tdist.is_initialized():
+            if finished and self.active:
+                tdist.barrier()
             tdist.destroy_process_group()
         elif self.engine == "horovod":
             self._hvd.shutdown()

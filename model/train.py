@@ -784,12 +784,14 @@ def set_threads(args, dist):
 
 def main(dataset, argv=None):
     """Entry point of `model/<dataset>_train.py` (exit status: utils/cli.py;
-    bad flags, files or data 2, a failed run 1)."""
+    bad flags, files or data 2, a failed run 1). A rank of a multi-process
+    torch.distributed job leaves the process here with that status."""
     from utils.data import DataNotFoundError
     dist = None
+    finished = False
 
     def work():
-        nonlocal dist
+        nonlocal dist, finished
         try:
             cfg, args = parse_args(dataset, argv)
         except ValueError as e:           # the configuration's own checks
@@ -802,6 +804,7 @@ def main(dataset, argv=None):
         set_threads(args, dist)
         try:
             Trainer(cfg, args, dist).run()
+            finished = True
         except DataNotFoundError as e:
             raise BadInput(str(e)) from None
         except Exception as e:
@@ -815,7 +818,17 @@ def main(dataset, argv=None):
             raise
 
     try:
-        return cli.run_main(f"{dataset}_train.py", work)
+        status = cli.run_main(f"{dataset}_train.py", work)
     finally:
         if dist is not None:
-            dist.shutdown()
+            dist.shutdown(finished)
+    if dist is not None and dist.engine == "torch" and dist.active:
+        # Everything is written and the group is gone. Interpreter
+        # finalization can still abort a gloo rank now and then ("terminate
+        # called without an active exception": a C++ thread object destroyed
+        # at exit), turning a finished job into a failed one under mpiexec;
+        # leaving at once skips that teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status

@@ -82,3 +82,31 @@ def test_mpiexec_two_processes(data):
     cmd, env = mpiexec_two_ranks(SCRIPT, TINY + [
         "--dist-engine", "torch", "--data-root", str(data / "data"), "--out", str(out)])
     check_two_ranks(launch(cmd, env), out)
+
+
+def _leave(rank, port, delay, times):
+    """One rank of test_ranks_leave_the_group_together: join a gloo group of
+    two, wait `delay[rank]` seconds (a rank still writing its checkpoint),
+    shut down as after a finished run, and record when it entered and left."""
+    import time
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    sys.path.insert(0, ROOT)
+    from model import distributed
+    dist = distributed.setup(True, engine="torch")
+    time.sleep(delay[rank])
+    entered = time.time()
+    dist.shutdown(finished=True)
+    times[rank] = (entered, time.time())
+
+
+def test_ranks_leave_the_group_together():
+    # a rank that destroys its gloo group while a peer is still busy can abort
+    # at exit ("terminate called without an active exception", seen about once
+    # in ten mpiexec runs on a loaded machine): after a finished run, no rank
+    # may leave before the slowest one has reached its shutdown
+    import torch.multiprocessing as mp
+    times = mp.Manager().dict()
+    mp.spawn(_leave, args=(free_port(), {0: 1.5, 1: 0.0}, times), nprocs=2, join=True)
+    slow_entered = times[0][0]
+    fast_left = times[1][1]
+    assert fast_left >= slow_entered, (fast_left, slow_entered)
