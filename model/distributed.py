@@ -157,8 +157,8 @@ class Distributed:
         exception"). After an error there is no barrier, which a peer stuck
         in another collective would never reach."""
         if self.engine == "torch" and tdist.is_initialized():
-            if finished and self.active:
-                tdist.barrier()
+            if finished:
+                self.barrier()
             tdist.destroy_process_group()
         elif self.engine == "horovod":
             self._hvd.shutdown()

@@ -101,12 +101,14 @@ def _leave(rank, port, delay, times):
 
 def test_ranks_leave_the_group_together():
     # a rank that destroys its gloo group while a peer is still busy can abort
-    # at exit ("terminate called without an active exception", seen about once
-    # in ten mpiexec runs on a loaded machine): after a finished run, no rank
-    # may leave before the slowest one has reached its shutdown
+    # at exit ("terminate called without an active exception", a few times in
+    # a hundred mpiexec runs on a loaded machine): after a finished run, no
+    # rank may leave before the slowest one has reached its shutdown
     import torch.multiprocessing as mp
-    times = mp.Manager().dict()
-    mp.spawn(_leave, args=(free_port(), {0: 1.5, 1: 0.0}, times), nprocs=2, join=True)
+    with mp.Manager() as manager:
+        shared = manager.dict()
+        mp.spawn(_leave, args=(free_port(), {0: 1.5, 1: 0.0}, shared), nprocs=2, join=True)
+        times = dict(shared)
     slow_entered = times[0][0]
     fast_left = times[1][1]
     assert fast_left >= slow_entered, (fast_left, slow_entered)
