@@ -476,7 +476,7 @@ def render(report, discussion, report_dir):
             "the time at each session's last completed epoch. '—': not found.", "",
             f"This report was generated on: {h['cpu']}, {h['cores']} cores, "
             f"{'GPU ' + h['gpu'] if h['gpu'] else 'no GPU'}, torch {h['torch']} "
-            f"({h['torch_threads']} threads), Python {h['python']}, {h['system']}.", "",
+            f"({h['torch_threads']} thread{'s' if h['torch_threads'] != 1 else ''}), Python {h['python']}, {h['system']}.", "",
             "Checkpoints trained on: "
             + (report.get("training_hardware") or "the machine above") + ".", ""]
 
