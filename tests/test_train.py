@@ -244,6 +244,36 @@ def test_ema_and_learning_rate_schedule():
     assert T.learning_rate(config_for("mnist", lr=1e-4), 10 ** 6) == 1e-4
 
 
+def test_a_run_from_trained_weights_averages_them_without_warm_up(tmp_path):
+    """From a package's weights the average starts at 0.999 (no warm-up),
+    and a resume of that run keeps doing so; a run from random weights and
+    a checkpoint that does not record the kind keep the warm-up."""
+    sd.write_mnist(str(tmp_path / "data"))
+    first = tmp_path / "first"
+    assert run_main("mnist", tmp_path / "data", first, "--max-steps", "2", "--interval", "100") == 0
+    assert checkpoint(first)["ema_warmup"] is True
+    start = torch.load(first / "model_best.pt", weights_only=True)
+    warm = tmp_path / "from_weights"
+    assert run_main("mnist", tmp_path / "data", warm, "--resume", str(first / "model_best.pt"),
+                    "--max-steps", "1", "--interval", "100") == 0
+    one = checkpoint(warm)
+    assert one["ema_warmup"] is False and one["step"] == 1
+    for k, v in one["ema"].items():   # the warm-up would give 0.1 * start + 0.9 * weights
+        torch.testing.assert_close(v, 0.999 * start[k] + 0.001 * one["model"][k])
+    legacy = tmp_path / "legacy"
+    shutil.copytree(warm, legacy)
+    old = checkpoint(legacy)
+    del old["ema_warmup"]
+    torch.save(old, legacy / "checkpoint.pt")
+    for out, d in ((warm, 0.999), (legacy, 2 / 11)):
+        assert run_main("mnist", tmp_path / "data", out, "--resume", str(out), "--max-steps", "2",
+                        "--interval", "100") == 0
+        two = checkpoint(out)
+        assert two["step"] == 2
+        for k, v in two["ema"].items():
+            torch.testing.assert_close(v, d * one["ema"][k] + (1 - d) * two["model"][k])
+
+
 def test_curve_points_record_the_budget_and_leave_training_unchanged(tmp_path):
     import csv
     sd.write_mnist(str(tmp_path / "data"))
