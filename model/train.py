@@ -31,7 +31,6 @@ Files under --out:
 All written to a temporary file and renamed, so a run killed at any moment
 leaves the previous files intact. Only rank 0 writes or logs.
 """
-import copy
 import hashlib
 import json
 import math
@@ -385,6 +384,11 @@ def evaluate(model, dataset, batch, device, dist, workers, seed=None):
 
 def _evaluate(model, dataset, batch, device, dist, workers):
     model.eval()
+    with speed.plain_fp32():   # TF32 off: the figures are float32 ones
+        return _evaluate_batches(model, dataset, batch, device, dist, workers)
+
+
+def _evaluate_batches(model, dataset, batch, device, dist, workers):
     shard = Subset(dataset, range(dist.rank, len(dataset), dist.world_size))
     loader = DataLoader(shard, batch_size=batch, shuffle=False, num_workers=workers,
                         generator=torch.Generator().manual_seed(0))
@@ -607,8 +611,13 @@ class Trainer:
 
     # -- evaluation -----------------------------------------------------
     def _ema_model(self):
-        """A copy of the network holding the EMA weights."""
-        eval_model = copy.deepcopy(self.model)
+        """A plain float32 network holding the EMA weights. Built afresh, not
+        copied: a copy would keep the training-speed options (bf16 autocast
+        hooks, channels_last), and the curve, the best-weights choice and the
+        logged figures are meant to be the float32 model's."""
+        with torch.random.fork_rng(devices=[]):   # its initial weights leave the training's
+            eval_model = HVAE(**self.model.architecture())   # random stream untouched
+        eval_model = eval_model.to(self.device)
         eval_model.load_state_dict(self.ema.state_dict_of(self.model))
         return eval_model
 

@@ -274,6 +274,41 @@ def test_a_run_from_trained_weights_averages_them_without_warm_up(tmp_path):
             torch.testing.assert_close(v, d * one["ema"][k] + (1 - d) * two["model"][k])
 
 
+def test_a_bf16_run_evaluates_its_weights_in_float32(tmp_path):
+    """--precision bf16 speeds up the training steps only: the curve's held-out
+    figure is the float32 network's (a copy of the training network would
+    keep its bf16 autocast hooks)."""
+    import csv
+    from torch.utils.data import Subset
+    from model import speed
+    from utils.data import training_datasets
+    sd.write_mnist(str(tmp_path / "data"))
+    train_set, test_set = training_datasets("mnist", str(tmp_path / "data"))
+    torch.manual_seed(0)
+    net = HVAE.from_config(config_for("mnist", nz=2, width=8, zchannels=2, nprocessing=1, blocks=2))
+    net.initialize(torch.stack([train_set[i][0] for i in range(16)]))
+    with torch.no_grad():   # residual layers start at zero output: give the trunks some work
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    torch.save(net.state_dict(), tmp_path / "start.pt")
+    out = tmp_path / "run"
+    assert run_main("mnist", tmp_path / "data", out, "--resume", str(tmp_path / "start.pt"),
+                    "--max-steps", "3", "--precision", "bf16", "--curve-minutes", "100",
+                    "--curve-images", "16", "--interval", "100") == 0
+    with open(out / "curve.csv") as f:
+        logged = float(list(csv.DictReader(f))[-1]["test_elbo"])
+    subset = Subset(test_set, range(16))
+    net.load_state_dict(torch.load(out / "model_last.pt", weights_only=True))  # the EMA weights
+
+    def curve_elbo(model):
+        return T.evaluate(model, subset, 16, "cpu", Distributed(), 0, seed=T.CURVE_SEED)["elbo"]
+    plain = curve_elbo(net)
+    bf16 = curve_elbo(speed.apply_training_speed(net, "bf16", device_type="cpu"))
+    # the two evaluations differ by several units of the curve's 5 decimals
+    assert abs(bf16 - plain) > 3e-5, (bf16, plain)
+    assert logged == pytest.approx(plain, abs=5.1e-6), (logged, plain, bf16)
+
+
 def test_curve_points_record_the_budget_and_leave_training_unchanged(tmp_path):
     import csv
     sd.write_mnist(str(tmp_path / "data"))
