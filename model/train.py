@@ -139,9 +139,10 @@ def parse_args(dataset, argv=None):
     a("--log-every", type=int, default=50, help="steps between TensorBoard scalars")
     a("--workers", type=int, default=None, help="data-loader workers (default 0 on CPU, 4 on GPU)")
     a("--threads", type=int, default=None, help="torch CPU threads per process")
-    a("--precision", default="fp32", choices=speed.PRECISIONS,
-      help="GPU arithmetic of the training steps (model/speed.py): fp32, tf32, or bf16 autocast "
-           "of the residual stacks; evaluations and exports stay float32")
+    a("--precision", default=None, choices=speed.PRECISIONS,
+      help="arithmetic of the training steps (model/speed.py): fp32, tf32 (GPUs), or bf16 "
+           "autocast of the residual stacks (GPUs, and CPUs with AVX512_BF16 or AMX); evaluations "
+           "and exports stay float32 (default: fp32; --resume RUN keeps RUN's)")
     a("--channels-last", action="store_true",
       help="hidden activations in channels_last (faster on GPUs; slower on the 2-core CPU measured)")
     cli.add_progress_argument(p)
@@ -184,7 +185,8 @@ def parse_args(dataset, argv=None):
 
 # Options that are not the recipe but belong to the run: --resume RUN takes
 # them from RUN unless given (None: not given), else these defaults.
-RUN_OPTIONS = {"data_root": "data", "curve_minutes": None, "curve_images": 2000}
+RUN_OPTIONS = {"data_root": "data", "curve_minutes": None, "curve_images": 2000,
+               "precision": "fp32"}
 
 
 def run_options(args):

@@ -297,6 +297,9 @@ def test_a_bf16_run_evaluates_its_weights_in_float32(tmp_path):
                     "--curve-images", "16", "--interval", "100") == 0
     with open(out / "curve.csv") as f:
         logged = float(list(csv.DictReader(f))[-1]["test_elbo"])
+    # the run records its arithmetic, and --resume keeps it unless given
+    assert T.parse_args("mnist", ["--resume", str(out)])[1].precision == "bf16"
+    assert T.parse_args("mnist", ["--resume", str(out), "--precision", "fp32"])[1].precision == "fp32"
     subset = Subset(test_set, range(16))
     net.load_state_dict(torch.load(out / "model_last.pt", weights_only=True))  # the EMA weights
 
@@ -350,6 +353,7 @@ def test_resume_reads_settings_and_folder_and_says_when_there_is_nothing_to_do(t
     # the run's data folder and curve options come back with --resume RUN, unless given
     _, resumed = T.parse_args("mnist", ["--resume", str(out)])
     assert (resumed.data_root, resumed.curve_minutes, resumed.curve_images) == (str(tmp_path / "data"), 30, 7)
+    assert resumed.precision == "fp32"
     _, given = T.parse_args("mnist", ["--resume", str(out), "--data-root", "elsewhere", "--curve-images", "9"])
     assert (given.data_root, given.curve_minutes, given.curve_images) == ("elsewhere", 30, 9)
     assert T.parse_args("mnist", [])[1].data_root == "data"
