@@ -1,5 +1,6 @@
-"""Training-speed options for GPUs: the float32 matrix mode (TF32), bf16
-autocast of the residual trunks, and channels_last activations.
+"""Training-speed options: the float32 matrix mode (TF32, GPUs), bf16
+autocast of the residual trunks (GPUs, and CPUs whose oneDNN kernels have
+bf16 instructions: AVX512_BF16 or AMX), and channels_last activations.
 
 Owns `PRECISIONS`, `set_fp32_mode` and `apply_training_speed`; model/train.py
 (--precision, --channels-last), benchmarks/train_bench.py and

@@ -70,6 +70,9 @@ def describe(config, run=None):
         text += ", mirrored patches"
     if config.get("ema_decay", DEFAULT_EMA_DECAY) != DEFAULT_EMA_DECAY:
         text += f", weights average decay {config['ema_decay']:g}"
+    precision = config.get("run_options", {}).get("precision", "fp32")
+    if precision != "fp32":     # the arithmetic of its training steps
+        text += f", {precision} steps"
     # "start": where a run that did not start from scratch took its weights
     return text + (f", from {config['start']}" if config.get("start") else "")
 

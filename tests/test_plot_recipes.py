@@ -84,3 +84,7 @@ def test_a_learning_rate_changed_on_resume_is_named_in_the_recipe(tmp_path):
     assert plot_recipes.describe({**plain["config"], "ema_decay": 0.999}, plain).endswith("lr 0.002")
     assert plot_recipes.describe({**plain["config"], "ema_decay": 0.9998}, plain).endswith(
         "lr 0.002, weights average decay 0.9998")
+    assert plot_recipes.describe({**plain["config"], "run_options": {"precision": "bf16"}},
+                                 plain).endswith("lr 0.002, bf16 steps")
+    assert plot_recipes.describe({**plain["config"], "run_options": {"precision": "fp32"}},
+                                 plain).endswith("lr 0.002")
