@@ -384,13 +384,9 @@ def evaluate(model, dataset, batch, device, dist, workers, seed=None):
         return _evaluate(model, dataset, batch, device, dist, workers)
 
 
+@speed.plain_fp32()   # TF32 off: the figures are float32 ones
 def _evaluate(model, dataset, batch, device, dist, workers):
     model.eval()
-    with speed.plain_fp32():   # TF32 off: the figures are float32 ones
-        return _evaluate_batches(model, dataset, batch, device, dist, workers)
-
-
-def _evaluate_batches(model, dataset, batch, device, dist, workers):
     shard = Subset(dataset, range(dist.rank, len(dataset), dist.world_size))
     loader = DataLoader(shard, batch_size=batch, shuffle=False, num_workers=workers,
                         generator=torch.Generator().manual_seed(0))
