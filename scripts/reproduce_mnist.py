@@ -563,6 +563,13 @@ def export(args, folder):
     return 0
 
 
+def _display_path(path):
+    """`path` relative to the working directory when it lies inside it (the
+    report is committed: it should not name the machine's folders)."""
+    rel = os.path.relpath(path)
+    return path if rel == ".." or rel.startswith(".." + os.sep) else rel
+
+
 def _describe_hardware(h):
     return (f"{h['cpu']}, {h['cores']} cores, {'GPU ' + h['gpu'] if h['gpu'] else 'no GPU'}, "
             f"torch {h['torch']}")
@@ -641,8 +648,9 @@ def reproduce(args, argv):
         params = checkpoint_path(args, nz)
         print(f"== nz={nz}: {params}", flush=True)
         run = dict(nz=nz, params=params, bins=ensure_bins(args, nz, params))
-        run["bins_dir"] = package.load(params, dataset=DATASET, nz=nz, quantbits=args.quantbits,
-                                       bins_dir=args.bins).bins.source
+        run["bins_dir"] = _display_path(package.load(params, dataset=DATASET, nz=nz,
+                                                     quantbits=args.quantbits,
+                                                     bins_dir=args.bins).bins.source)
         for scheme, _, bitswap in SCHEMES:
             run[scheme] = compress(args, nz, params, scheme, bitswap)
             if not run[scheme].get("decoded"):

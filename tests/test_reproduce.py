@@ -187,3 +187,12 @@ def test_missing_checkpoint_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("reproduce_mnist.py: error: checkpoint(s) not found") and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_report_names_paths_inside_the_working_directory_relatively(tmp_path, monkeypatch):
+    # the report is committed: a path under the repository must not name this machine's folders
+    monkeypatch.chdir(tmp_path)
+    inside = tmp_path / "models" / "mnist-nz8" / "bins.pt"
+    assert R._display_path(str(inside)) == os.path.join("models", "mnist-nz8", "bins.pt")
+    outside = os.path.join(os.path.dirname(str(tmp_path)), "elsewhere", "bins.pt")
+    assert R._display_path(outside) == outside
