@@ -108,3 +108,25 @@ def test_mpiexec_starts_as_root_with_the_documented_variables():
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert sorted(re.findall(r"<rank(\d)>", done.stdout)) == ["0", "1"]     # lines may interleave
+
+
+def test_command_one_prints_the_table_the_readme_shows(tmp_path, capsys):
+    """README command 1 with the shipped demo model prints, to the bit, the
+    table the README shows (the codec is deterministic on every CPU it ran
+    on), so a new export whose figures were not carried into the README
+    fails here; the file it writes decodes to the sample's pixels."""
+    import image_compress
+    import image_decompress
+    from utils import images
+    sample = os.path.join(ROOT, "samples", "chelsea.png")
+    out = str(tmp_path / "chelsea.bsw")
+    assert image_compress.main([sample, "-o", out, "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    start = printed.index("codec ")
+    end = printed.index("\n", printed.index("partial edge blocks:", start)) + 1
+    text = open(README).read()
+    shown = text.index("```\n", text.index("What command 1 prints")) + 4
+    assert printed[start:end] == text[shown:text.index("```", shown)]
+    decoded = str(tmp_path / "chelsea.png")
+    assert image_decompress.main([out, "-o", decoded, "--no-progress"]) == 0
+    assert (images.load_image(decoded)[0] == images.load_image(sample)[0]).all()
